@@ -1,0 +1,162 @@
+"""Elementwise activations: each forward function sits directly above its backward.
+
+The functions are plain math on arrays and ``xp`` (NumPy or CuPy): ``*_forward(z)`` returns the
+activation ``a``, ``*_backward(da, ...)`` returns ``dz = da * a'(z)``. The layer classes below
+keep what the backward needs and reuse their output arrays from step to step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpunn.layer import Array, Layer
+
+# ------------------------------------------------------------------------------------------
+# ReLU
+# ------------------------------------------------------------------------------------------
+
+
+def relu_forward(z: Array, *, xp: Any, out: Array | None = None) -> Array:
+    """a = max(z, 0), shape of z."""
+    return xp.maximum(z, 0, out=out)
+
+
+def relu_backward(da: Array, z: Array, *, xp: Any, out: Array | None = None) -> Array:
+    """dz = da * 1[z > 0]  (the kink at 0 takes derivative 0, as PyTorch does)."""
+    return xp.multiply(da, z > 0, out=out)
+
+
+# ------------------------------------------------------------------------------------------
+# Leaky ReLU
+# ------------------------------------------------------------------------------------------
+
+
+def leaky_relu_forward(z: Array, slope: float, *, xp: Any, out: Array | None = None) -> Array:
+    """a = z for z > 0, slope * z otherwise."""
+    return _into(xp.where(z > 0, z, slope * z), out)
+
+
+def leaky_relu_backward(
+    da: Array, z: Array, slope: float, *, xp: Any, out: Array | None = None
+) -> Array:
+    """dz = da for z > 0, slope * da otherwise."""
+    return _into(xp.where(z > 0, da, slope * da), out)
+
+
+# ------------------------------------------------------------------------------------------
+# Sigmoid
+# ------------------------------------------------------------------------------------------
+
+
+def sigmoid_forward(z: Array, *, xp: Any, out: Array | None = None) -> Array:
+    """a = 1 / (1 + exp(-z)), computed without overflow for any z.
+
+    With e = exp(-|z|) <= 1: sigmoid(z) = 1 / (1 + e) for z >= 0 and e / (1 + e) for z < 0, so
+    exp never sees a large positive argument (the naive form overflows for z < -88 in float32).
+    """
+    e = xp.exp(-xp.abs(z))
+    return xp.divide(xp.where(z >= 0, 1, e), 1 + e, out=out)
+
+
+def sigmoid_backward(da: Array, a: Array, *, xp: Any, out: Array | None = None) -> Array:
+    """dz = da * a * (1 - a), from the forward's output a."""
+    out = xp.multiply(da, a, out=out)
+    out *= 1 - a
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Tanh
+# ------------------------------------------------------------------------------------------
+
+
+def tanh_forward(z: Array, *, xp: Any, out: Array | None = None) -> Array:
+    """a = tanh(z)."""
+    return xp.tanh(z, out=out)
+
+
+def tanh_backward(da: Array, a: Array, *, xp: Any, out: Array | None = None) -> Array:
+    """dz = da * (1 - a^2), from the forward's output a."""
+    out = xp.multiply(a, a, out=out)
+    xp.subtract(1, out, out=out)
+    out *= da
+    return out
+
+
+def _into(result: Array, out: Array | None) -> Array:
+    """Copy ``result`` into ``out`` when one is given (for ops without an ``out=`` form)."""
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Layers
+# ------------------------------------------------------------------------------------------
+
+
+class ReLU(Layer):
+    """Rectified linear unit. Dense layers feeding it get He initialisation."""
+
+    kind = "ReLU"
+    init_hint = "he"
+
+    def forward(self, x: Array, *, training: bool = True) -> Array:
+        self.z = x
+        return relu_forward(x, xp=self.xp, out=self.workspace("a", x.shape))
+
+    def backward(self, dy: Array, *, need_dx: bool = True) -> Array:
+        return relu_backward(dy, self.z, xp=self.xp, out=self.workspace("dz", dy.shape))
+
+
+class LeakyReLU(Layer):
+    """ReLU with a small slope for negative inputs, so no unit is ever completely dead."""
+
+    kind = "LeakyReLU"
+    init_hint = "he"
+
+    def __init__(self, slope: float = 0.01) -> None:
+        super().__init__()
+        if not 0 <= float(slope) < 1:
+            raise ValueError(f"LeakyReLU slope must be in [0, 1), got {slope!r}")
+        self.slope = float(slope)
+
+    def config(self) -> dict[str, Any]:
+        return {"slope": self.slope}
+
+    def forward(self, x: Array, *, training: bool = True) -> Array:
+        self.z = x
+        return leaky_relu_forward(x, self.slope, xp=self.xp, out=self.workspace("a", x.shape))
+
+    def backward(self, dy: Array, *, need_dx: bool = True) -> Array:
+        out = self.workspace("dz", dy.shape)
+        return leaky_relu_backward(dy, self.z, self.slope, xp=self.xp, out=out)
+
+
+class Sigmoid(Layer):
+    """Logistic sigmoid (stable for large |z|). Dense layers feeding it get Glorot init."""
+
+    kind = "Sigmoid"
+    init_hint = "glorot"
+
+    def forward(self, x: Array, *, training: bool = True) -> Array:
+        self.a = sigmoid_forward(x, xp=self.xp, out=self.workspace("a", x.shape))
+        return self.a
+
+    def backward(self, dy: Array, *, need_dx: bool = True) -> Array:
+        return sigmoid_backward(dy, self.a, xp=self.xp, out=self.workspace("dz", dy.shape))
+
+
+class Tanh(Layer):
+    """Hyperbolic tangent. Dense layers feeding it get Glorot initialisation."""
+
+    kind = "Tanh"
+    init_hint = "glorot"
+
+    def forward(self, x: Array, *, training: bool = True) -> Array:
+        self.a = tanh_forward(x, xp=self.xp, out=self.workspace("a", x.shape))
+        return self.a
+
+    def backward(self, dy: Array, *, need_dx: bool = True) -> Array:
+        return tanh_backward(dy, self.a, xp=self.xp, out=self.workspace("dz", dy.shape))

@@ -1,0 +1,134 @@
+"""Load a user's own (X, y) data set from a .npz archive or a numeric .csv file."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+
+def load_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Read X float32 (n, ...) and y (n,) from ``.npz`` (arrays "X", "y") or ``.csv``.
+
+    A CSV file is comma-separated numbers, one sample per line, the label in the
+    last column; a first line holding any non-number is taken as a header. Labels
+    that are all whole numbers come back as int64, otherwise as float32.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix not in (".npz", ".csv"):
+        raise ValueError(
+            f"{p}: unsupported file type {p.suffix or '(no extension)'!r}; "
+            "expected a .npz archive with arrays 'X' and 'y', or a .csv file"
+        )
+    if not p.is_file():
+        reason = "is a directory, not a file" if p.is_dir() else "no such file"
+        raise FileNotFoundError(f"{p}: {reason}")
+    X, y = _read_npz(p) if suffix == ".npz" else _read_csv(p)
+    return _finish(p, X, y)
+
+
+def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Arrays "X" and "y" from an .npz archive, refusing pickled objects."""
+    try:
+        with np.load(p, allow_pickle=False) as archive:
+            found = sorted(archive.files)
+            missing = [key for key in ("X", "y") if key not in found]
+            if missing:
+                raise ValueError(
+                    f"{p}: missing array(s) {missing}; expected arrays 'X' and 'y', "
+                    f"found {found or 'no arrays'}"
+                )
+            return archive["X"], archive["y"]
+    except (zipfile.BadZipFile, EOFError) as err:
+        raise ValueError(f"{p}: not a valid .npz archive ({err})") from err
+    except ValueError as err:
+        if str(err).startswith(str(p)):
+            raise
+        # numpy says "Object arrays cannot be loaded when allow_pickle=False" and the like.
+        raise ValueError(f"{p}: cannot read arrays 'X' and 'y' ({err})") from err
+
+
+def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Numeric table from a CSV file: features are all columns but the last, which is y."""
+    # utf-8-sig drops the byte-order mark that spreadsheet programs like to write.
+    with open(p, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        try:
+            lines = [(reader.line_num, row) for row in reader if _has_cells(row)]
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{p}: not a UTF-8 text file ({err.reason})") from err
+        except csv.Error as err:
+            raise ValueError(f"{p}: line {reader.line_num}: malformed CSV ({err})") from err
+    if not lines:
+        raise ValueError(f"{p}: the file is empty; expected comma-separated numbers")
+    first_num, first_row = lines[0]
+    if any(_number(cell) is None for cell in first_row):
+        lines = lines[1:]  # a header: it sets the expected column count but holds no data
+        if not lines:
+            raise ValueError(f"{p}: only a header line, no data rows")
+    width = len(first_row)
+    if width < 2:
+        raise ValueError(
+            f"{p}: line {first_num} has {width} column; expected at least 2 "
+            "comma-separated columns (features, then the label)"
+        )
+    table = np.empty((len(lines), width), dtype=np.float64)
+    for i, (num, row) in enumerate(lines):
+        if len(row) != width:
+            raise ValueError(
+                f"{p}: line {num} has {len(row)} columns, expected {width} like line {first_num}"
+            )
+        for col, cell in enumerate(row):
+            value = _number(cell)
+            if value is None:
+                raise ValueError(
+                    f"{p}: line {num}, column {col + 1}: {cell.strip()!r} is not a finite number"
+                )
+            table[i, col] = value
+    return table[:, :-1], table[:, -1]
+
+
+def _has_cells(row: list[str]) -> bool:
+    """False for blank lines, which are skipped."""
+    return any(cell.strip() for cell in row)
+
+
+def _number(cell: str) -> float | None:
+    """The cell's value, or None if it is not a finite decimal number."""
+    text = cell.strip()
+    # float() also accepts "1_000", which is no CSV number anyone writes on purpose.
+    if not text or "_" in text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    # "nan" and "inf" parse, but would only poison training later.
+    return value if math.isfinite(value) else None
+
+
+def _finish(p: Path, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Check shapes and values, then give X float32 and y int64 (whole numbers) or float32."""
+    if X.ndim < 1 or y.ndim != 1:
+        raise ValueError(
+            f"{p}: expected X with one row per sample and 1-D y, "
+            f"found X shape {X.shape} and y shape {y.shape}"
+        )
+    if len(X) != len(y):
+        raise ValueError(f"{p}: X has {len(X)} rows but y has {len(y)} labels")
+    if len(y) == 0:
+        raise ValueError(f"{p}: no samples (X has shape {X.shape})")
+    for name, arr in (("X", X), ("y", y)):
+        # kinds b, i, u, f: bool, signed, unsigned, float; no complex, strings or objects.
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"{p}: {name} must hold real numbers, found dtype {arr.dtype}")
+        if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+            bad = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+            raise ValueError(f"{p}: {name} holds a NaN or infinite value at index {bad}")
+    whole = y.dtype.kind != "f" or np.array_equal(y, np.round(y))
+    return X.astype(np.float32), y.astype(np.int64 if whole else np.float32)

@@ -1,0 +1,266 @@
+"""MNIST and Fashion-MNIST: download once, check SHA-256, cache, and parse the IDX files.
+
+Files are cached in ``$GPUNN_DATA/<dataset>/`` if GPUNN_DATA is set, else in the user
+cache folder (``$XDG_CACHE_HOME/gpunn`` or ``~/.cache/gpunn``). Setting
+``GPUNN_MNIST_URL`` or ``GPUNN_FASHION_MNIST_URL`` to a base URL replaces the built-in
+mirrors for that data set (for instance a local copy on an offline cluster).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.client
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+class DatasetError(OSError):
+    """A data set file could not be downloaded, verified or parsed."""
+
+
+# Base URLs tried in order; each file is <base>/<file name>. Tests swap these out.
+MIRRORS: dict[str, tuple[str, ...]] = {
+    "mnist": (
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    ),
+    "fashion_mnist": (
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+}
+
+# File name -> (size in bytes, SHA-256), as published by tensorflow_datasets'
+# url_checksums/mnist.txt and url_checksums/fashion_mnist.txt for these exact files.
+FILES: dict[str, dict[str, tuple[int, str]]] = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": (
+            9912422,
+            "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        ),
+        "train-labels-idx1-ubyte.gz": (
+            28881,
+            "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        ),
+        "t10k-images-idx3-ubyte.gz": (
+            1648877,
+            "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        ),
+        "t10k-labels-idx1-ubyte.gz": (
+            4542,
+            "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        ),
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": (
+            26421880,
+            "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+        ),
+        "train-labels-idx1-ubyte.gz": (
+            29515,
+            "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+        ),
+        "t10k-images-idx3-ubyte.gz": (
+            4422102,
+            "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+        ),
+        "t10k-labels-idx1-ubyte.gz": (
+            5148,
+            "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
+        ),
+    },
+}
+
+_TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+_URL_ENV = {"mnist": "GPUNN_MNIST_URL", "fashion_mnist": "GPUNN_FASHION_MNIST_URL"}
+_TIMEOUT_S = 60  # per socket operation, not for the whole download
+_CHUNK = 1 << 16
+_IMAGE_SIDE = 28
+
+
+def mnist(cache_dir: str | os.PathLike[str] | None = None) -> tuple[Split, Split]:
+    """MNIST digits: ((X_train (60000, 784), y_train (60000,)), (X_test (10000, 784), y_test)).
+
+    X is float32 in [0, 1], y int64 in [0, 10). Downloads ~11 MB on first use.
+    """
+    return _load("mnist", cache_dir)
+
+
+def fashion_mnist(cache_dir: str | os.PathLike[str] | None = None) -> tuple[Split, Split]:
+    """Fashion-MNIST: ((X_train (60000, 784), y_train (60000,)), (X_test (10000, 784), y_test)).
+
+    X is float32 in [0, 1], y int64 in [0, 10). Downloads ~30 MB on first use.
+    """
+    return _load("fashion_mnist", cache_dir)
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding cached data sets: cache_dir, else $GPUNN_DATA, else the user cache."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("GPUNN_DATA"):
+        return Path(os.environ["GPUNN_DATA"]).expanduser()
+    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
+        return Path(os.environ["LOCALAPPDATA"]) / "gpunn" / "Cache"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "gpunn"
+    return Path.home() / ".cache" / "gpunn"
+
+
+def _load(dataset: str, cache_dir: str | os.PathLike[str] | None) -> tuple[Split, Split]:
+    """Fetch and parse the four files of ``dataset`` into train and test splits."""
+    folder = cache_root(cache_dir) / dataset
+    splits = []
+    for prefix in ("train", "t10k"):
+        images_name = f"{prefix}-images-idx3-ubyte.gz"
+        labels_name = f"{prefix}-labels-idx1-ubyte.gz"
+        images = _read_idx(_fetch(dataset, images_name, folder), 3)
+        labels = _read_idx(_fetch(dataset, labels_name, folder), 1)
+        if images.shape[1:] != (_IMAGE_SIDE, _IMAGE_SIDE):
+            raise DatasetError(
+                f"{folder / images_name}: expected {_IMAGE_SIDE}x{_IMAGE_SIDE} images, "
+                f"found {images.shape[1]}x{images.shape[2]}"
+            )
+        if len(images) != len(labels):
+            raise DatasetError(
+                f"{folder}: {images_name} holds {len(images)} images but "
+                f"{labels_name} holds {len(labels)} labels"
+            )
+        if labels.size and labels.max() > 9:
+            raise DatasetError(
+                f"{folder / labels_name}: labels must be 0..9, found {int(labels.max())}"
+            )
+        X = images.reshape(len(images), -1).astype(np.float32) / np.float32(255.0)
+        splits.append((X, labels.astype(np.int64)))
+    return splits[0], splits[1]
+
+
+def _fetch(dataset: str, name: str, folder: Path) -> Path:
+    """Path to a verified local copy of ``name``, downloading it if needed."""
+    size, sha256 = FILES[dataset][name]
+    target = folder / name
+    note = ""
+    if target.is_file():
+        if _digest(target) == sha256:
+            return target
+        # Keep the bad copy until a verified one replaces it, in case the user put it there.
+        note = f"\nThe copy already at {target} has the wrong SHA-256 and was not used."
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DatasetError(
+            f"cannot create the data folder {folder} ({err}); set GPUNN_DATA to a writable folder"
+        ) from err
+
+    failures = []
+    for url in _urls(dataset, name):
+        print(f"gpunn: downloading {url}", file=sys.stderr)
+        try:
+            _download(url, target, size, sha256)
+            return target
+        except (urllib.error.URLError, http.client.HTTPException, OSError, _BadDownload) as err:
+            failures.append(f"  - {url}: {_why(err)}")
+    raise DatasetError(
+        f"could not download {_TITLES[dataset]} file {name!r}:\n"
+        + "\n".join(failures)
+        + note
+        + f"\nTo fix it, download {_urls(dataset, name)[0]} yourself (or the same file from a "
+        f"mirror listed above; {size} bytes, SHA-256 {sha256}) and put it in the folder "
+        f"{folder}{os.sep} -- or set GPUNN_DATA to a folder whose {dataset}{os.sep} "
+        "subfolder holds it."
+    )
+
+
+def _urls(dataset: str, name: str) -> list[str]:
+    """The URLs to try for one file: the env override if set, else the built-in mirrors."""
+    override = os.environ.get(_URL_ENV[dataset])
+    bases = (override,) if override else MIRRORS[dataset]
+    return [base.rstrip("/") + "/" + name for base in bases]
+
+
+class _BadDownload(Exception):
+    """The server answered, but not with the expected bytes."""
+
+
+def _download(url: str, target: Path, size: int, sha256: str) -> None:
+    """Stream ``url`` into a temp file beside ``target``; move it there only once verified."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+    tmp = Path(tmp_name)
+    try:
+        digest = hashlib.sha256()
+        received = 0
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as resp:
+            while chunk := resp.read(_CHUNK):
+                received += len(chunk)
+                if received > size:
+                    raise _BadDownload(f"server sent more than the expected {size} bytes")
+                digest.update(chunk)
+                out.write(chunk)
+        if received != size:
+            raise _BadDownload(f"got {received} of {size} bytes (download cut short?)")
+        if digest.hexdigest() != sha256:
+            raise _BadDownload(f"SHA-256 mismatch: got {digest.hexdigest()}, expected {sha256}")
+        os.replace(tmp, target)
+    finally:
+        # After a successful os.replace the temp name is gone; otherwise never leave a part file.
+        tmp.unlink(missing_ok=True)
+
+
+def _why(err: BaseException) -> str:
+    """A one-line reason for a failed download attempt."""
+    if isinstance(err, urllib.error.HTTPError):
+        return f"HTTP {err.code} {err.reason}"
+    if isinstance(err, urllib.error.URLError):
+        return f"cannot connect ({err.reason}) -- offline, or the mirror is down?"
+    if isinstance(err, TimeoutError):
+        return f"timed out after {_TIMEOUT_S} s without data -- offline or a very slow network?"
+    return str(err) or type(err).__name__
+
+
+def _digest(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """Parse a gzipped IDX file of unsigned bytes with ``ndim`` dimensions into a uint8 array."""
+    try:
+        with open(path, "rb") as fh:
+            data = gzip.decompress(fh.read())
+    except (OSError, EOFError, zlib.error) as err:
+        raise DatasetError(
+            f"{path}: not a readable gzip file ({err}); delete it and try again"
+        ) from err
+
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise DatasetError(f"{path}: {len(data)} bytes is too short for an IDX header")
+    # The magic number is 0x00 0x00, a type code (0x08 = unsigned byte), then the rank.
+    zeros, type_code, rank = data[0:2], data[2], data[3]
+    if zeros != b"\x00\x00" or type_code != 0x08 or rank != ndim:
+        raise DatasetError(
+            f"{path}: bad IDX magic number {data[:4].hex()}; expected 000008{ndim:02x} "
+            f"(unsigned bytes, {ndim} dimensions)"
+        )
+    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected = int(np.prod(dims, dtype=np.int64))
+    if len(data) - header_len != expected:
+        raise DatasetError(
+            f"{path}: header declares shape {dims} = {expected} bytes of data, "
+            f"but the file holds {len(data) - header_len}"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(dims)
