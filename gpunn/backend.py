@@ -170,6 +170,24 @@ class Backend:
         """A host NumPy generator: random numbers are drawn here, then moved to the device."""
         return host_rng(seed)
 
+    def host_arange(self, n: int) -> numpy.ndarray:
+        """Indices 0..n-1 on the host (batch orders are made on the host)."""
+        return numpy.arange(n)
+
+    def free_memory(self) -> int | None:
+        """Bytes free on the device (driver's free memory plus the pool's cached blocks);
+        None on NumPy, whose arrays already live in host memory."""
+        if self.device is None:
+            return None
+        with self.xp.cuda.Device(self.device):
+            free, _total = self.xp.cuda.runtime.memGetInfo()
+            return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
+
+    def free_memory_pool(self) -> None:
+        """Give CuPy's cached device memory back to the driver (after an out-of-memory error)."""
+        if self.device is not None:
+            self.xp.get_default_memory_pool().free_all_blocks()
+
     def __repr__(self) -> str:
         if self.device is None:
             return f"Backend('{self.spec}')"

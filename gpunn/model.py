@@ -141,9 +141,23 @@ class Sequential:
                 return i
         return 0
 
-    def predict(self, x: Array) -> Array:
-        """Outputs (logits) for x (N, in) in inference mode, as a new array on the backend."""
-        return self.forward(x, training=False).copy()
+    def predict(self, X: Any, batch_size: int | None = None) -> Array:
+        """Outputs (logits) for X (N, in) -> (N, out) in inference mode, as a new array."""
+        from gpunn.training import predict
+
+        return predict(self, X, batch_size)
+
+    def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
+        """Train on X, y; see :func:`gpunn.training.fit` for the arguments. Returns a History."""
+        from gpunn.training import fit
+
+        return fit(self, X, y, **kwargs)
+
+    def evaluate(self, X: Any, y: Any, loss: Any = None) -> dict[str, float]:
+        """Mean loss (and accuracy if it applies) on X, y; see :func:`gpunn.training.evaluate`."""
+        from gpunn.training import evaluate
+
+        return evaluate(self, X, y, loss)
 
     def zero_grad(self) -> None:
         """Set every gradient to 0 (``backward`` overwrites them, so this is rarely needed)."""

@@ -10,7 +10,7 @@ Images come flattened as float32 in [0, 1]; class labels as int64.
 """
 
 from gpunn.datasets.digits import digits
-from gpunn.datasets.files import load_file
+from gpunn.datasets.files import load_features, load_file
 from gpunn.datasets.idx import DatasetError, cache_root, fashion_mnist, mnist
 from gpunn.datasets.split import train_val_test_split
 from gpunn.datasets.synthetic import blobs, spirals
@@ -21,6 +21,7 @@ __all__ = [
     "cache_root",
     "digits",
     "fashion_mnist",
+    "load_features",
     "load_file",
     "mnist",
     "spirals",

@@ -25,9 +25,10 @@ def load_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
             f"{p}: unsupported file type {p.suffix or '(no extension)'!r}; "
             "expected a .npz archive with arrays 'X' and 'y', or a .csv file"
         )
+    if p.is_dir():
+        raise IsADirectoryError(f"{p}: is a directory, not a data file")
     if not p.is_file():
-        reason = "is a directory, not a file" if p.is_dir() else "no such file"
-        raise FileNotFoundError(f"{p}: {reason}")
+        raise FileNotFoundError(f"{p}: no such file")
     X, y = _read_npz(p) if suffix == ".npz" else _read_csv(p)
     return _finish(p, X, y)
 
@@ -132,3 +133,34 @@ def _finish(p: Path, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarr
             raise ValueError(f"{p}: {name} holds a NaN or infinite value at index {bad}")
     whole = y.dtype.kind != "f" or np.array_equal(y, np.round(y))
     return X.astype(np.float32), y.astype(np.int64 if whole else np.float32)
+
+
+def load_features(path: str | os.PathLike[str], n_features: int) -> np.ndarray:
+    """Read inputs X float32 (n, n_features) for prediction; labels, if present, are ignored.
+
+    ``.npz`` needs array "X" ("y" may be absent). A ``.csv`` may hold just the features, or
+    the features followed by a label column (as for ``load_file``).
+    """
+    p = Path(path)
+    if p.suffix.lower() == ".npz" and p.is_file():
+        try:
+            with np.load(p, allow_pickle=False) as archive:
+                if "X" not in archive.files:
+                    raise ValueError(f"{p}: expected an array 'X', found {sorted(archive.files)}")
+                X = archive["X"]
+        except (zipfile.BadZipFile, EOFError) as err:
+            raise ValueError(f"{p}: not a valid .npz archive ({err})") from err
+        y = np.zeros(len(X)) if X.ndim >= 1 else np.zeros(0)
+        return _finish(p, X, y)[0]
+    if p.suffix.lower() == ".csv" and p.is_file():
+        features, last = _read_csv(p)
+        table = np.column_stack([features, last])
+        if table.shape[1] == n_features + 1:
+            table = table[:, :-1]  # a label column: drop it
+        elif table.shape[1] != n_features:
+            raise ValueError(
+                f"{p}: rows have {table.shape[1]} columns; the model expects {n_features} "
+                f"features (optionally followed by a label column)"
+            )
+        return table.astype(np.float32)
+    return load_file(p)[0]  # gives the usual error for a missing file or unknown type

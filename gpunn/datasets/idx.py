@@ -246,16 +246,16 @@ def _read_idx(path: Path, ndim: int) -> np.ndarray:
             f"{path}: not a readable gzip file ({err}); delete it and try again"
         ) from err
 
+    # The magic number is 0x00 0x00, a type code (0x08 = unsigned byte), then the rank.
+    magic = bytes([0, 0, 0x08, ndim])
+    if data[:4] != magic:
+        raise DatasetError(
+            f"{path}: bad IDX magic number {data[:4].hex() or '(empty)'}; expected "
+            f"{magic.hex()} (unsigned bytes, {ndim} dimensions)"
+        )
     header_len = 4 + 4 * ndim
     if len(data) < header_len:
         raise DatasetError(f"{path}: {len(data)} bytes is too short for an IDX header")
-    # The magic number is 0x00 0x00, a type code (0x08 = unsigned byte), then the rank.
-    zeros, type_code, rank = data[0:2], data[2], data[3]
-    if zeros != b"\x00\x00" or type_code != 0x08 or rank != ndim:
-        raise DatasetError(
-            f"{path}: bad IDX magic number {data[:4].hex()}; expected 000008{ndim:02x} "
-            f"(unsigned bytes, {ndim} dimensions)"
-        )
     dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     expected = int(np.prod(dims, dtype=np.int64))
     if len(data) - header_len != expected:

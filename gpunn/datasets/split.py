@@ -28,7 +28,7 @@ def train_val_test_split(
     """
     X, y = np.asarray(X), np.asarray(y)
     for name, frac in (("val", val), ("test", test)):
-        if not (isinstance(frac, (int, float, np.floating)) and 0 <= frac < 1):
+        if not (isinstance(frac, (int, float, np.integer, np.floating)) and 0 <= frac < 1):
             raise ValueError(f"{name} must be a fraction in [0, 1), got {frac!r}")
     if val + test >= 1:
         raise ValueError(
@@ -41,7 +41,7 @@ def train_val_test_split(
     if stratify and y.ndim != 1:
         raise ValueError(f"stratify=True needs 1-D class labels y, got shape {y.shape}")
     rng = np.random.default_rng(seed)
-    if stratify:
+    if stratify and len(y):
         groups = [np.flatnonzero(y == label) for label in np.unique(y)]
     else:
         groups = [np.arange(len(y))]
@@ -52,7 +52,7 @@ def train_val_test_split(
         n_val = _count(val, len(members))
         n_test = _count(test, len(members))
         n_train = len(members) - n_val - n_test
-        for part, chunk in zip(parts, np.split(members, [n_train, n_train + n_val])):
+        for part, chunk in zip(parts, np.split(members, [n_train, n_train + n_val]), strict=True):
             part.append(chunk)
     # Stratified parts are built class by class; shuffle again so classes are interleaved.
     order = [rng.permutation(np.concatenate(part)) for part in parts]

@@ -1,0 +1,7 @@
+"""`python -m gpunn` runs the `gpunn` command."""
+
+import sys
+
+from gpunn.cli import main
+
+sys.exit(main())

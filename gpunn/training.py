@@ -1,0 +1,259 @@
+"""The training loop: fit, evaluate and predict over whole datasets kept on the device.
+
+The dataset moves to the device once (or in large chunks when it does not fit), mini-batches are
+gathered there, and the batch order comes from a host generator seeded by ``seed``, so NumPy and
+CuPy see the same batches in the same order. The epoch's loss, correct-prediction count and
+first non-finite batch are accumulated on the device and read back once per epoch: a GPU is never
+made to wait for the host inside an epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gpunn.callbacks import Callback
+from gpunn.errors import NonFiniteLossError
+from gpunn.layer import Array
+from gpunn.losses import Loss, SoftmaxCrossEntropy
+from gpunn.optim import Optimizer
+from gpunn.progress import Progress
+from gpunn.validation import check_batch_size, check_x, check_y
+
+if TYPE_CHECKING:
+    from gpunn.model import Sequential
+
+#: the share of free device memory a dataset may take before it is streamed in chunks
+DEVICE_MEMORY_SHARE = 0.5
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of one ``fit``: ``history["loss"][e]`` is epoch e's mean loss."""
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epoch: list[int] = field(default_factory=list)
+
+    def append(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+    def __getitem__(self, key: str) -> list[float]:
+        return self.history[key]
+
+
+class DeviceData:
+    """X and y on the model's backend, served as mini-batches in a given order.
+
+    When the data fits (under half the free device memory) it is copied once and batches are
+    gathered on the device with ``take``; otherwise the rows of each large chunk of the order
+    are gathered on the host and moved together, one transfer per chunk.
+    """
+
+    def __init__(self, backend: Any, X: Array, y: Array, dtype: Any, y_dtype: Any) -> None:
+        self.backend, self.xp = backend, backend.xp
+        self.n = X.shape[0]
+        self.dtype, self.y_dtype = dtype, y_dtype
+        row_bytes = X.shape[1] * dtype.itemsize + 8  # a row of X plus its label
+        free = backend.free_memory()  # None on the host: X is already in memory there
+        fits = free is None or row_bytes * self.n <= DEVICE_MEMORY_SHARE * free
+        self.chunk_rows = self.n if fits else max(1, int(DEVICE_MEMORY_SHARE * free // row_bytes))
+        if fits:
+            self.X = backend.asarray(X, dtype=dtype)  # (N, D) once, not per batch
+            self.y = backend.asarray(y, dtype=y_dtype)  # (N,) or (N, K)
+        else:
+            self.X = backend.to_numpy(X)  # stays on the host; chunks are moved as needed
+            self.y = backend.to_numpy(y)
+
+    def batches(self, order: Any, batch_size: int) -> Iterator[tuple[Array, Array]]:
+        """Yield (X_batch, y_batch) on the device for consecutive slices of ``order``."""
+        for start in range(0, self.n, self.chunk_rows):
+            chunk = order[start : start + self.chunk_rows]  # host indices
+            if self.chunk_rows == self.n:
+                Xc, yc, idx = self.X, self.y, self.backend.asarray(chunk)
+            else:
+                Xc = self.backend.asarray(self.X[chunk], dtype=self.dtype)
+                yc = self.backend.asarray(self.y[chunk], dtype=self.y_dtype)
+                idx = None
+            for b in range(0, len(chunk), batch_size):
+                if idx is None:
+                    yield Xc[b : b + batch_size], yc[b : b + batch_size]
+                else:
+                    rows = idx[b : b + batch_size]
+                    yield self.xp.take(Xc, rows, axis=0), self.xp.take(yc, rows, axis=0)
+
+
+def fit(
+    model: Sequential,
+    X: Any,
+    y: Any,
+    *,
+    loss: Loss,
+    optimizer: Optimizer,
+    epochs: int = 10,
+    batch_size: int = 64,
+    shuffle: bool = True,
+    validation_data: tuple[Any, Any] | None = None,
+    callbacks: Sequence[Callback] = (),
+    seed: int | None = None,
+    verbose: int = 1,
+) -> History:
+    """Train ``model`` on X (N, D), y (N,) / (N, K) with mini-batch gradient descent.
+
+    Every input is checked before any weight changes. ``seed`` (default: the model's seed)
+    fixes the batch order. Raises :class:`NonFiniteLossError` if the loss becomes NaN/inf.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be a non-negative integer, found {epochs!r}")
+    batch_size = check_batch_size(batch_size)
+    if not isinstance(loss, Loss):
+        raise ValueError(f"loss must be a gpunn loss (e.g. SoftmaxCrossEntropy()), found {loss!r}")
+    if not isinstance(optimizer, Optimizer):
+        raise ValueError(f"optimizer must be a gpunn optimizer (e.g. Adam()), found {optimizer!r}")
+    X = check_x(X, model.in_features)
+    y = check_y(y, X.shape[0], loss, model.out_features)
+    val = None
+    if validation_data is not None:
+        Xv = check_x(validation_data[0], model.in_features, name="validation X")
+        yv = check_y(validation_data[1], Xv.shape[0], loss, model.out_features, name="validation y")
+        val = (Xv, yv)
+
+    backend, _xp = model.backend, model.xp
+    data = DeviceData(backend, X, y, model.dtype, _label_dtype(loss, model))
+    rng = backend.host_rng(model.seed if seed is None else seed)
+    history = History()
+    steps = -(-data.n // batch_size)  # batches per epoch, the last one may be short
+    progress = Progress(verbose, epochs, steps=steps, samples=data.n)
+    context = {
+        "model": model,
+        "optimizer": optimizer,
+        "loss": loss,
+        "history": history,
+        "steps_per_epoch": steps,
+    }
+    for cb in callbacks:
+        cb.set_context(context)
+        cb.on_train_begin()
+    model.stop_training = False
+    with progress:
+        for epoch in range(1, epochs + 1):
+            for cb in callbacks:
+                cb.on_epoch_begin(epoch)
+            order = rng.permutation(data.n) if shuffle else backend.host_arange(data.n)
+            progress.start_epoch(epoch)
+            t0 = time.perf_counter()
+            stats = _epoch(model, loss, optimizer, data, order, batch_size, callbacks, progress)
+            stats = backend.to_numpy(stats)  # the one host read of the epoch: (2, batches)
+            seconds = time.perf_counter() - t0
+            sizes = [min(batch_size, data.n - start) for start in range(0, data.n, batch_size)]
+            bad = [b for b, value in enumerate(stats[0]) if not math.isfinite(value)]
+            if bad:
+                raise NonFiniteLossError(epoch, bad[0] + 1, float(stats[0][bad[0]]))
+            loss_sum = sum(
+                float(value) * size for value, size in zip(stats[0], sizes, strict=False)
+            )
+            logs = {"loss": loss_sum / data.n}
+            if loss.has_accuracy:
+                logs["accuracy"] = float(stats[1].sum()) / data.n
+            if val is not None:
+                for key, value in evaluate(model, *val, loss=loss).items():
+                    logs[f"val_{key}"] = value
+            logs["lr"] = optimizer.lr
+            logs["epoch_seconds"] = seconds
+            logs["samples_per_second"] = data.n / seconds if seconds > 0 else float("inf")
+            history.append(epoch, logs)
+            progress.end_epoch(epoch, logs)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
+    for cb in callbacks:
+        cb.on_train_end()
+    return history
+
+
+def _epoch(
+    model: Sequential,
+    loss: Loss,
+    optimizer: Optimizer,
+    data: DeviceData,
+    order: Any,
+    batch_size: int,
+    callbacks: Sequence[Callback],
+    progress: Progress,
+) -> Array:
+    """One pass over the data; returns a device array (2, batches): batch losses, correct counts.
+
+    Each batch writes its mean loss and its number of correct predictions into this array on
+    the device; nothing is read back until the epoch ends.
+    """
+    xp = model.xp
+    stats = xp.zeros((2, -(-data.n // batch_size)), dtype=xp.float64)
+    for b, (xb, yb) in enumerate(data.batches(order, batch_size)):
+        for cb in callbacks:
+            cb.on_batch_begin(b)
+        logits = model.forward(xb)  # (B, out)
+        stats[0, b] = loss.forward(logits, yb)  # 0-d mean loss of the batch, stays on the device
+        if loss.has_accuracy:
+            stats[1, b] = loss.correct(logits, yb)
+        model.backward(loss.backward())
+        optimizer.step(model)
+        progress.advance(xb.shape[0])
+    return stats
+
+
+def evaluate(model: Sequential, X: Any, y: Any, loss: Loss | None = None) -> dict[str, float]:
+    """Mean loss (and accuracy where it applies) of the model on X, y in inference mode."""
+    loss = loss if loss is not None else _default_loss(model)
+    X = check_x(X, model.in_features)
+    y = check_y(y, X.shape[0], loss, model.out_features)
+    backend, xp = model.backend, model.xp
+    totals = xp.zeros(2, dtype=xp.float64)
+    yd = backend.asarray(y, dtype=_label_dtype(loss, model))
+    for start, stop in _slices(X.shape[0], _predict_batch(model)):
+        logits = model.forward(backend.asarray(X[start:stop], dtype=model.dtype), training=False)
+        yb = yd[start:stop]
+        totals[0] += loss.forward(logits, yb) * (stop - start)
+        if loss.has_accuracy:
+            totals[1] += loss.correct(logits, yb)
+    sums = backend.to_numpy(totals)
+    result = {"loss": float(sums[0]) / X.shape[0]}
+    if loss.has_accuracy:
+        result["accuracy"] = float(sums[1]) / X.shape[0]
+    return result
+
+
+def predict(model: Sequential, X: Any, batch_size: int | None = None) -> Array:
+    """Model outputs (logits) for X (N, D) -> (N, out) on the model's backend, in batches."""
+    X = check_x(X, model.in_features)
+    batch_size = check_batch_size(batch_size) or _predict_batch(model)
+    backend, xp = model.backend, model.xp
+    out = xp.empty((X.shape[0], model.out_features), dtype=model.dtype)
+    for start, stop in _slices(X.shape[0], batch_size):
+        xb = backend.asarray(X[start:stop], dtype=model.dtype)
+        out[start:stop] = model.forward(xb, training=False)
+    return out
+
+
+def _slices(n: int, size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, n, size):
+        yield start, min(start + size, n)
+
+
+def _predict_batch(model: Sequential) -> int:
+    """Rows per inference batch: large enough to keep a GPU busy, small enough for memory."""
+    return 8192
+
+
+def _label_dtype(loss: Loss, model: Sequential) -> Any:
+    return model.xp.int64 if isinstance(loss, SoftmaxCrossEntropy) else model.dtype
+
+
+def _default_loss(model: Sequential) -> Loss:
+    from gpunn.losses import BinaryCrossEntropy
+
+    return BinaryCrossEntropy() if model.out_features == 1 else SoftmaxCrossEntropy()

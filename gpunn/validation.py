@@ -1,0 +1,104 @@
+"""Input checks at the boundary: bad data is refused with a clear message before any weight changes.
+
+Every check says what was expected and what was found ("X has 4 features, the model expects 5").
+The checks run once per call of ``fit``/``evaluate``/``predict`` on whole arrays (a few
+vectorised reductions), never per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpunn.backend import namespace
+from gpunn.layer import Array
+from gpunn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
+
+
+def check_x(X: Any, n_features: int | None, *, name: str = "X") -> Array:
+    """X as a 2-D numeric array (N, features) with N >= 1, the model's width and finite values."""
+    xp = namespace(X)
+    try:
+        X = xp.asarray(X)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a 2-D numeric array: {exc}") from None
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold numbers, found dtype {X.dtype}")
+    if X.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (samples, features), found shape {X.shape}")
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty: it has no samples (shape {X.shape})")
+    if n_features is not None and X.shape[1] != n_features:
+        raise ValueError(f"{name} has {X.shape[1]} features, the model expects {n_features}")
+    if X.dtype.kind == "f":
+        bad = int((~xp.isfinite(X)).sum())
+        if bad:
+            raise ValueError(f"{name} holds {bad} NaN or infinite value(s); all must be finite")
+    return X
+
+
+def check_y(y: Any, n: int, loss: Loss | None, n_outputs: int | None, *, name: str = "y") -> Array:
+    """Targets for n samples that suit ``loss`` (class ids, 0/1 labels or regression targets)."""
+    xp = namespace(y)
+    try:
+        y = xp.asarray(y)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be a numeric array: {exc}") from None
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold numbers, found dtype {y.dtype}")
+    if y.ndim == 0 or y.shape[0] != n:
+        found = "a scalar" if y.ndim == 0 else f"{y.shape[0]} rows"
+        raise ValueError(f"{name} must have one entry per sample of X ({n}), found {found}")
+    if y.dtype.kind == "f":
+        bad = int((~xp.isfinite(y)).sum())
+        if bad:
+            raise ValueError(f"{name} holds {bad} NaN or infinite value(s); all must be finite")
+    if isinstance(loss, SoftmaxCrossEntropy):
+        return _class_labels(y, n_outputs, name, xp)
+    if isinstance(loss, BinaryCrossEntropy):
+        return _binary_labels(y, n_outputs, name, xp)
+    if isinstance(loss, MeanSquaredError) and n_outputs is not None and y.size != n * n_outputs:
+        raise ValueError(
+            f"{name} must have shape ({n}, {n_outputs}) to match the model's outputs, "
+            f"found {y.shape}"
+        )
+    return y
+
+
+def _class_labels(y: Array, classes: int | None, name: str, xp: Any) -> Array:
+    """Integer class ids in [0, classes), as int64 of shape (N,)."""
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.reshape(-1)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be class ids of shape (N,), found shape {y.shape}")
+    if y.dtype.kind == "f" and bool((y != xp.floor(y)).any()):
+        raise ValueError(f"{name} must be whole-number class ids, found fractional values")
+    lo, hi = int(y.min()), int(y.max())
+    if lo < 0 or (classes is not None and hi >= classes):
+        raise ValueError(
+            f"{name} class ids must be in [0, {classes}) for a model with {classes} outputs, "
+            f"found values from {lo} to {hi}"
+        )
+    return y.astype(xp.int64, copy=False)
+
+
+def _binary_labels(y: Array, outputs: int | None, name: str, xp: Any) -> Array:
+    """0/1 labels of shape (N,) for a model with one output."""
+    if outputs is not None and outputs != 1:
+        raise ValueError(
+            f"BinaryCrossEntropy needs a model with 1 output, this model has {outputs}"
+        )
+    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 0/1 labels of shape (N,), found shape {y.shape}")
+    if bool(((y != 0) & (y != 1)).any()):
+        raise ValueError(f"{name} must hold only 0 and 1 for BinaryCrossEntropy")
+    return y
+
+
+def check_batch_size(batch_size: Any, *, name: str = "batch_size") -> int | None:
+    """A positive integer, or None."""
+    if batch_size is None:
+        return None
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{name} must be a positive integer, found {batch_size!r}")
+    return batch_size
