@@ -13,6 +13,8 @@ from gpunn.backend import (
     available_backends,
     get_backend,
 )
+from gpunn.checkpoint import load, load_with_optimizer
+from gpunn.errors import NonFiniteLossError
 from gpunn.layer import Layer
 from gpunn.layers import Dense, Dropout
 from gpunn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
@@ -34,6 +36,7 @@ __all__ = [
     "Layer",
     "LeakyReLU",
     "Loss",
+    "NonFiniteLossError",
     "MeanSquaredError",
     "Optimizer",
     "ReLU",
@@ -44,4 +47,6 @@ __all__ = [
     "__version__",
     "available_backends",
     "get_backend",
+    "load",
+    "load_with_optimizer",
 ]

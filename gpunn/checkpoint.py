@@ -70,6 +70,7 @@ __all__ = [
     "OPTIMIZER_KINDS",
     "load",
     "load_with_optimizer",
+    "metadata_digest",
     "save",
     "tensor_digest",
 ]
@@ -479,7 +480,7 @@ class _Reader:
                 raise self.fail(f"rng state for layer {i} must be a JSON object")
             try:
                 rng.bit_generator.state = state
-            except (TypeError, ValueError, KeyError) as exc:
+            except (TypeError, ValueError, KeyError, OverflowError) as exc:
                 raise self.fail(f"invalid rng state for layer {i}: {exc}") from None
 
     # --- optimizer -----------------------------------------------------------------------
@@ -528,8 +529,13 @@ class _Reader:
                     f"{model.dtype.name} {size}"
                 )
             state[name] = a.copy()  # owned and writable: the optimizer updates it in place
-        optimizer.load_state_dict(
-            {"kind": kind, "hyperparams": opt["hyperparams"], "step": opt["step"], "state": state}
+        optimizer.load_state_dict(  # the constructor's checked values, not the raw JSON
+            {
+                "kind": kind,
+                "hyperparams": optimizer.hyperparams(),
+                "step": opt["step"],
+                "state": state,
+            }
         )
         return optimizer
 

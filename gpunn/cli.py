@@ -237,11 +237,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         optimizer = optimizer or _make_optimizer(args)
         if args.lr is not None:
             optimizer.lr = args.lr
-        start = f"resumed from {args.resume} (epoch {info.get('epoch')})"
+        done = int(info.get("epoch") or 0)
+        start = f"resumed from {args.resume} after epoch {done}"
     else:
         model = _make_model(args, train[0].shape[1], n_out, backend)
         optimizer = _make_optimizer(args)
-        start = "new model"
+        done, start = 0, "new model"
     print(f"backend: {backend!r}")
     print(f"data:    {about}")
     print(f"model:   {model.layers} ({model.num_params:,} parameters, {model.dtype.name}), {start}")
@@ -257,6 +258,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             validation_data=val if len(val[0]) else None,
             seed=args.seed,
             verbose=0 if args.quiet else 1,
+            initial_epoch=done,
         )
     except MemoryError as exc:
         backend.free_memory_pool()
@@ -273,7 +275,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"test loss: {result['loss']:.6f}")
     print(f"throughput: {rate:,.0f} samples/s on {backend.spec}; training took {wall:.2f} s")
     if args.save is not None:
-        path = checkpoint.save(model, args.save, optimizer, epoch=len(history.epoch))
+        path = checkpoint.save(model, args.save, optimizer, epoch=done + len(history.epoch))
         print(f"saved: {path}")
     if args.plot is not None:
         from gpunn.plots import plot_history

@@ -7,6 +7,8 @@ model at once, and a data-parallel all-reduce is one call.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from gpunn.backend import Backend, get_backend
@@ -40,6 +42,8 @@ class Sequential:
         self.backend = get_backend(backend)
         self.xp = self.backend.xp
         self.dtype = self.xp.dtype(str(dtype))
+        if seed is None:  # no seed: draw one, and keep it so that `to()` gives the same weights
+            seed = int(self.backend.host_rng(None).integers(2**31))
         self.seed = seed
         self._check_widths()
         self._build(self._initial_params(seed))
@@ -189,6 +193,13 @@ class Sequential:
                     f"the model expects {self.params[key].shape}"
                 )
             self.params[key][...] = self.backend.asarray(self.backend.to_numpy(value))
+
+    def save(self, path: str | os.PathLike[str], optimizer: Any = None, **kwargs: Any) -> Path:
+        """Write this model (and ``optimizer``'s state) to a safe checkpoint file; see
+        :func:`gpunn.checkpoint.save` for ``epoch``, ``step`` and ``extra``."""
+        from gpunn.checkpoint import save  # late: gpunn.checkpoint imports this module
+
+        return save(self, path, optimizer, **kwargs)
 
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)

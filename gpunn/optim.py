@@ -148,7 +148,7 @@ class Optimizer:
         for key, value in state.get("hyperparams", {}).items():
             if key not in self.hyperparams():
                 raise ValueError(f"unknown {self.kind} hyperparameter {key!r}")
-            setattr(self, key, value)
+            setattr(self, key, value if key == "nesterov" else _check(value, key, low=0.0))
         self.step_count = int(state.get("step", 0))
         self.state = dict(state.get("state", {}))
 

@@ -101,14 +101,19 @@ def fit(
     callbacks: Sequence[Callback] = (),
     seed: int | None = None,
     verbose: int = 1,
+    initial_epoch: int = 0,
 ) -> History:
     """Train ``model`` on X (N, D), y (N,) / (N, K) with mini-batch gradient descent.
 
     Every input is checked before any weight changes. ``seed`` (default: the model's seed)
-    fixes the batch order. Raises :class:`NonFiniteLossError` if the loss becomes NaN/inf.
+    fixes the batch order: epoch e is shuffled by a generator seeded with (seed, e), so a run
+    resumed with ``initial_epoch`` (epochs already done) sees the batches an uninterrupted run
+    would. Raises :class:`NonFiniteLossError` if the loss becomes NaN/inf.
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, found {epochs!r}")
+    if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
+        raise ValueError(f"initial_epoch must be a non-negative integer, found {initial_epoch!r}")
     batch_size = check_batch_size(batch_size)
     if not isinstance(loss, Loss):
         raise ValueError(f"loss must be a gpunn loss (e.g. SoftmaxCrossEntropy()), found {loss!r}")
@@ -124,10 +129,10 @@ def fit(
 
     backend, _xp = model.backend, model.xp
     data = DeviceData(backend, X, y, model.dtype, _label_dtype(loss, model))
-    rng = backend.host_rng(model.seed if seed is None else seed)
+    seed = model.seed if seed is None else seed
     history = History()
     steps = -(-data.n // batch_size)  # batches per epoch, the last one may be short
-    progress = Progress(verbose, epochs, steps=steps, samples=data.n)
+    progress = Progress(verbose, initial_epoch + epochs, steps=steps, samples=data.n)
     context = {
         "model": model,
         "optimizer": optimizer,
@@ -140,10 +145,13 @@ def fit(
         cb.on_train_begin()
     model.stop_training = False
     with progress:
-        for epoch in range(1, epochs + 1):
+        for epoch in range(initial_epoch + 1, initial_epoch + epochs + 1):
             for cb in callbacks:
                 cb.on_epoch_begin(epoch)
-            order = rng.permutation(data.n) if shuffle else backend.host_arange(data.n)
+            if shuffle:
+                order = backend.host_rng((seed, epoch)).permutation(data.n)
+            else:
+                order = backend.host_arange(data.n)
             progress.start_epoch(epoch)
             t0 = time.perf_counter()
             stats = _epoch(model, loss, optimizer, data, order, batch_size, callbacks, progress)

@@ -1,0 +1,230 @@
+"""The sweep: every (model, batch size, backend) point timed against its GEMM limit and PyTorch.
+
+At each point the gpunn training step, gpunn inference, the bare GEMMs of the step and (when
+PyTorch is there) torch's training step and inference on the matching device (NumPy <-> torch
+CPU, CuPy <-> torch CUDA) are timed *interleaved* (:func:`gpunn.bench.timing.time_interleaved`),
+so their ratios come from the same minutes of the same machine. Each point yields one gpunn row
+and, with PyTorch, one torch row, with the fields listed in :mod:`gpunn.bench.results`.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from gpunn.backend import Backend
+from gpunn.bench.crossover import crossover
+from gpunn.bench.memory import MemoryPeak, host_rss_bytes
+from gpunn.bench.timing import Policy, Timed, time_interleaved
+from gpunn.bench.torch_ref import TorchWorkload
+from gpunn.bench.workload import (
+    OPTIMIZERS,
+    GemmWorkload,
+    GpunnWorkload,
+    model_label,
+    model_name,
+)
+
+__all__ = ["DEFAULT_BATCH_SIZES", "SweepConfig", "compute_crossovers", "run_sweep"]
+
+#: powers of 4 from 1 to 16384 (the issue's sweep)
+DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+
+
+@dataclass
+class SweepConfig:
+    """What to measure. ``torch`` is the imported module, or None to skip the comparison."""
+
+    backends: list[Backend]
+    models: list[tuple[int, ...]]
+    batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
+    dtype: str = "float32"
+    optimizer: str = "sgd"
+    policy: Policy = field(default_factory=Policy)
+    torch: Any = None
+    seed: int = 0
+
+    def settings(self) -> dict[str, Any]:
+        """The JSON ``settings`` record."""
+        return {
+            "backends": [b.spec for b in self.backends],
+            "models": [model_label(m) for m in self.models],
+            "batch_sizes": list(self.batch_sizes),
+            "dtype": self.dtype,
+            "optimizer": self.optimizer,
+            "optimizer_hyperparams": OPTIMIZERS[self.optimizer],
+            "activation": "ReLU",
+            "loss": "softmax cross-entropy",
+            "compare_torch": self.torch is not None,
+            "policy": asdict(self.policy),
+            "seed": self.seed,
+        }
+
+
+def _torch_device(backend: Backend, torch: Any) -> str | None:
+    """The torch device that matches a gpunn backend, or None when torch has none."""
+    if torch is None:
+        return None
+    if not backend.is_gpu:
+        return "cpu"
+    return f"cuda:{backend.device}" if torch.cuda.is_available() else None
+
+
+def _free_gpu(backend: Backend, torch: Any) -> None:
+    """Return cached device memory so each point's pool figures are its own."""
+    gc.collect()
+    if backend.is_gpu:
+        backend.xp.get_default_memory_pool().free_all_blocks()
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _base_row(widths: tuple[int, ...], batch: int, cfg: SweepConfig) -> dict[str, Any]:
+    return {
+        "model": model_label(widths),
+        "model_name": model_name(widths),
+        "batch": batch,
+        "dtype": cfg.dtype,
+        "optimizer": cfg.optimizer.upper() if cfg.optimizer == "sgd" else cfg.optimizer.title(),
+    }
+
+
+def measure_point(
+    widths: tuple[int, ...], batch: int, backend: Backend, cfg: SweepConfig
+) -> list[dict[str, Any]]:
+    """Time one (model, batch size, backend) point; returns the gpunn row and the torch row."""
+    _free_gpu(backend, cfg.torch)
+    mem = MemoryPeak(backend)
+    gw = GpunnWorkload.create(
+        widths, batch, backend, dtype=cfg.dtype, optimizer=cfg.optimizer, seed=cfg.seed
+    )
+    gw.train_step()  # the first step allocates the workspaces: part of the footprint
+    gw.infer()
+    backend.synchronize()
+    mem.sample()
+    gpunn_setup, gpu_used, gpu_total = mem.growth, mem.gpu_used, mem.gpu_total
+
+    entries = [
+        Timed("train", gw.train_step, gw.sync),
+        Timed("infer", gw.infer, gw.sync),
+    ]
+    gemm = GemmWorkload(widths, batch, backend, cfg.dtype)
+    entries.append(Timed("gemm", gemm.run, gemm.sync))
+
+    tw = None
+    device = _torch_device(backend, cfg.torch)
+    if device is not None:
+        rss0 = host_rss_bytes()
+        state = gw.model.state_dict()
+        x, y = backend.to_numpy(gw.x), backend.to_numpy(gw.y)
+        lr = OPTIMIZERS[cfg.optimizer]["lr"]
+        tw = TorchWorkload(cfg.torch, state, x, y, device=device, optimizer=cfg.optimizer, lr=lr)
+        tw.reset_peak_memory()
+        tw.train_step()
+        tw.infer()
+        tw.sync()
+        torch_setup = max(0, host_rss_bytes() - rss0)
+        entries += [Timed("torch_train", tw.train_step, tw.sync)]
+        entries += [Timed("torch_infer", tw.infer, tw.sync)]
+
+    t = time_interleaved(entries, cfg.policy, between=mem.sample)
+
+    row = _base_row(widths, batch, cfg)
+    row |= {"params": gw.model.num_params, "engine": "gpunn", "device": backend.spec}
+    row |= _throughput(t["train"], t["infer"], batch)
+    row |= t["gemm"].as_dict("gemm") | {"gemm_count": gemm.count}
+    row["limit_fraction"] = t["gemm"].median_s / t["train"].median_s
+    row |= {"rss_peak_bytes": mem.rss, "rss_setup_bytes": gpunn_setup}
+    row |= {"gpu_used_bytes": gpu_used, "gpu_total_bytes": gpu_total}
+    rows = [row]
+    if tw is not None:
+        trow = _base_row(widths, batch, cfg)
+        trow |= {"params": row["params"], "engine": "torch", "device": device}
+        trow |= _throughput(t["torch_train"], t["torch_infer"], batch)
+        trow |= {"rss_peak_bytes": mem.rss, "rss_setup_bytes": torch_setup}
+        used, total = tw.gpu_memory()
+        trow |= {"gpu_used_bytes": used, "gpu_total_bytes": total}
+        row["vs_torch_train"] = row["train_samples_per_s"] / trow["train_samples_per_s"]
+        row["vs_torch_infer"] = row["infer_samples_per_s"] / trow["infer_samples_per_s"]
+        rows.append(trow)
+    return rows
+
+
+def _throughput(train: Any, infer: Any, batch: int) -> dict[str, Any]:
+    return (
+        train.as_dict("train")
+        | {"train_samples_per_s": train.per_second(batch)}
+        | infer.as_dict("infer")
+        | {"infer_samples_per_s": infer.per_second(batch)}
+    )
+
+
+def run_sweep(
+    cfg: SweepConfig, progress: Callable[[dict[str, Any]], None] | None = None
+) -> list[dict[str, Any]]:
+    """Every point of the grid, model by model, batch by batch; ``progress`` gets each row."""
+    rows: list[dict[str, Any]] = []
+    for widths in cfg.models:
+        for batch in cfg.batch_sizes:
+            for backend in cfg.backends:
+                for row in measure_point(widths, batch, backend, cfg):
+                    rows.append(row)
+                    if progress is not None:
+                        progress(row)
+    return rows
+
+
+def series_name(row: dict[str, Any]) -> str:
+    """The line a row belongs to in tables and plots, e.g. ``"gpunn numpy"``, ``"torch cpu"``."""
+    return f"{row['engine']} {row['device']}"
+
+
+def _is_gpu_row(row: dict[str, Any]) -> bool:
+    return str(row["device"]).startswith(("cupy", "cuda"))
+
+
+def compute_crossovers(
+    rows: list[dict[str, Any]],
+    baseline_rows: list[dict[str, Any]] | None = None,
+    baseline_source: str = "",
+) -> list[dict[str, Any]]:
+    """Crossover entries (JSON ``crossovers``) for every GPU series against the CPU series of the
+    same engine, model, dtype and optimizer, from this run and from a baseline file."""
+    sources = [("this run", rows)]
+    if baseline_rows:
+        sources.append((baseline_source or "baseline", baseline_rows))
+    out = []
+    for gpu_row_key in sorted({_key(r) for r in rows if _is_gpu_row(r)}):
+        engine, device, model, dtype, optimizer = gpu_row_key
+        gpu = {r["batch"]: r["train_samples_per_s"] for r in rows if _key(r) == gpu_row_key}
+        for source, candidates in sources:
+            cpu_rows = [
+                r
+                for r in candidates
+                if not _is_gpu_row(r)
+                and (r["engine"], r["model"], r["dtype"], r["optimizer"])
+                == (engine, model, dtype, optimizer)
+            ]
+            if not cpu_rows:
+                continue
+            cpu = {r["batch"]: r["train_samples_per_s"] for r in cpu_rows}
+            result = crossover(cpu, gpu)
+            out.append(
+                {
+                    "model": model,
+                    "dtype": dtype,
+                    "optimizer": optimizer,
+                    "gpu": f"{engine} {device}",
+                    "cpu": series_name(cpu_rows[0]),
+                    "cpu_source": source,
+                    "metric": "train_samples_per_s",
+                }
+                | result.as_dict()
+            )
+    return out
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    return (row["engine"], row["device"], row["model"], row["dtype"], row["optimizer"])

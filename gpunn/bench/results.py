@@ -1,0 +1,258 @@
+"""Benchmark results on disk: ``bench.json`` (schema below), ``bench.csv``, ``bench.md``, and
+loading a CPU baseline back.
+
+bench.json (``schema: "gpunn-bench/1"``) is one object:
+
+* ``schema``: ``"gpunn-bench/1"``.
+* ``created``: UTC time, ISO 8601.  ``command``: the command line that produced the file.
+* ``settings``: ``backends``, ``models`` (width strings), ``batch_sizes``, ``dtype``,
+  ``optimizer``, ``optimizer_hyperparams``, ``activation``, ``loss``, ``compare_torch``,
+  ``policy`` (the timing policy of :class:`gpunn.bench.timing.Policy`), ``seed``,
+  ``threads`` (``blas`` and ``torch`` thread counts).
+* ``environment``: ``cpu_model``, ``cpu_cores`` (``logical``, ``physical``, ``usable``),
+  ``platform``, ``python``, ``gpunn_version``, ``numpy_version``, ``numpy_blas_build``,
+  ``blas`` (list of ``library``, ``version``, ``threads``, ``architecture``,
+  ``threading_layer``, ``file``), ``gpus`` (list of ``backend``, ``name``,
+  ``memory_total_bytes``, ``memory_free_bytes``, ``compute_capability``, ``multiprocessors``,
+  ``driver_version``, ``cuda_runtime_version``, ``cupy_version``, ``tf32``), ``torch``
+  (``version``, ``threads``, ``mkl``, ``cuda_available``, ``cuda_version``, ``cuda_device``) or
+  null, ``torch_note``.
+* ``rows``: one object per (model, batch, engine, device) with the :data:`ROW_FIELDS` below.
+* ``crossovers``: one object per GPU series and CPU source: ``model``, ``dtype``,
+  ``optimizer``, ``gpu`` (series), ``cpu`` (series), ``cpu_source`` (``"this run"`` or the
+  baseline file), ``metric`` (``"train_samples_per_s"``), ``batch`` (grid crossover or null),
+  ``estimate`` (log-log interpolated batch size or null), ``gpu_always_faster``, ``compared``
+  (batch sizes both series cover). See :mod:`gpunn.bench.crossover`.
+* ``cpu_baseline``: null, or ``path``, ``cpu_model``, ``rows`` (count) of the baseline used.
+* ``notes``: list of strings (e.g. why PyTorch or CuPy was not measured).
+
+``ROW_FIELDS`` (also the columns of bench.csv, in this order; absent values are null / empty):
+
+* ``model`` (``"784-256-10"``), ``model_name`` (``"mnist"``, or ``""`` for a custom model),
+  ``params`` (trainable parameters), ``batch``, ``engine`` (``"gpunn"`` or ``"torch"``),
+  ``device`` (``"numpy"``, ``"cupy:0"``, ``"cpu"``, ``"cuda:0"``), ``dtype``, ``optimizer``.
+* ``train_s``, ``train_min_s``, ``train_max_s``: median, min and max seconds per training step
+  (forward, loss, backward, optimizer step); ``train_repeats``; ``train_spread`` (interquartile
+  range / median); ``train_samples_per_s`` = batch / ``train_s``.
+* ``infer_s``, ``infer_min_s``, ``infer_max_s``, ``infer_repeats``, ``infer_spread``,
+  ``infer_samples_per_s``: the same for a forward pass in inference mode.
+* ``gemm_s``, ``gemm_min_s``, ``gemm_max_s``, ``gemm_repeats``, ``gemm_spread``: the bare GEMMs
+  of one step timed alone (gpunn rows); ``gemm_count`` (3 x layers - 1).
+* ``limit_fraction`` = ``gemm_s / train_s`` (gpunn rows; 1.0 would mean zero overhead).
+* ``vs_torch_train``, ``vs_torch_infer``: gpunn samples/s / PyTorch samples/s on the matching
+  device, measured interleaved in the same run (gpunn rows, when PyTorch ran).
+* ``rss_peak_bytes``: the process's peak resident set size seen while the point was timed;
+  ``rss_setup_bytes``: RSS growth from building this engine's model and batch and its first step.
+* ``gpu_used_bytes``, ``gpu_total_bytes``: on CuPy the memory pool's bytes in use by live arrays
+  and held by the pool after the first step (from an emptied pool); on torch CUDA
+  ``max_memory_allocated`` / ``max_memory_reserved``; null on the CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ROW_FIELDS",
+    "SCHEMA",
+    "load_baseline",
+    "make_report",
+    "markdown_table",
+    "write_csv",
+    "write_json",
+    "write_markdown",
+]
+
+SCHEMA = "gpunn-bench/1"
+
+ROW_FIELDS: tuple[str, ...] = (
+    "model",
+    "model_name",
+    "params",
+    "batch",
+    "engine",
+    "device",
+    "dtype",
+    "optimizer",
+    "train_s",
+    "train_min_s",
+    "train_max_s",
+    "train_repeats",
+    "train_spread",
+    "train_samples_per_s",
+    "infer_s",
+    "infer_min_s",
+    "infer_max_s",
+    "infer_repeats",
+    "infer_spread",
+    "infer_samples_per_s",
+    "gemm_s",
+    "gemm_min_s",
+    "gemm_max_s",
+    "gemm_repeats",
+    "gemm_spread",
+    "gemm_count",
+    "limit_fraction",
+    "vs_torch_train",
+    "vs_torch_infer",
+    "rss_peak_bytes",
+    "rss_setup_bytes",
+    "gpu_used_bytes",
+    "gpu_total_bytes",
+)
+
+TOP_LEVEL_FIELDS = (
+    "schema",
+    "created",
+    "command",
+    "settings",
+    "environment",
+    "rows",
+    "crossovers",
+    "cpu_baseline",
+    "notes",
+)
+
+
+def make_report(
+    *,
+    command: str,
+    settings: dict[str, Any],
+    environment: dict[str, Any],
+    rows: list[dict[str, Any]],
+    crossovers: list[dict[str, Any]],
+    cpu_baseline: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+) -> dict[str, Any]:
+    """The bench.json object; every row gets every field of :data:`ROW_FIELDS` (None if absent)."""
+    return {
+        "schema": SCHEMA,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "settings": settings,
+        "environment": environment,
+        "rows": [{name: row.get(name) for name in ROW_FIELDS} for row in rows],
+        "crossovers": crossovers,
+        "cpu_baseline": cpu_baseline,
+        "notes": list(notes or []),
+    }
+
+
+def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps(report, indent=1, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """One line per row, the columns of :data:`ROW_FIELDS`; None is written as an empty cell."""
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row[k] for k in ROW_FIELDS})
+    return path
+
+
+def load_baseline(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a bench.json written by ``gpunn bench`` (for ``--cpu-baseline``); checks the schema."""
+    report = json.loads(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise ValueError(f"{path} is not a gpunn bench.json (schema {SCHEMA!r})")
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# Human-readable table (markdown here; the CLI renders the same cells with rich)
+# --------------------------------------------------------------------------------------------
+
+TABLE_COLUMNS = (
+    "model",
+    "batch",
+    "engine",
+    "device",
+    "train samples/s (min-max)",
+    "vs torch",
+    "limit fraction",
+    "infer samples/s",
+    "infer vs torch",
+    "peak RSS MiB",
+    "GPU pool MiB",
+)
+
+
+def _fmt_rate(x: float | None) -> str:
+    if x is None:
+        return ""
+    return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
+
+
+def _fmt_ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}"
+
+
+def _mib(x: int | None) -> str:
+    return "" if x is None else f"{x / 2**20:,.0f}"
+
+
+def table_cells(row: dict[str, Any]) -> list[str]:
+    """The cells of one row of the human-readable table, in :data:`TABLE_COLUMNS` order."""
+    batch = row["batch"]
+    low = batch / row["train_max_s"] if row.get("train_max_s") else None
+    high = batch / row["train_min_s"] if row.get("train_min_s") else None
+    span = f" ({_fmt_rate(low)}-{_fmt_rate(high)})" if low and high else ""
+    return [
+        row["model"],
+        str(batch),
+        row["engine"],
+        row["device"],
+        _fmt_rate(row.get("train_samples_per_s")) + span,
+        _fmt_ratio(row.get("vs_torch_train")),
+        _fmt_ratio(row.get("limit_fraction")),
+        _fmt_rate(row.get("infer_samples_per_s")),
+        _fmt_ratio(row.get("vs_torch_infer")),
+        _mib(row.get("rss_peak_bytes")),
+        _mib(row.get("gpu_used_bytes")),
+    ]
+
+
+def crossover_lines(report: dict[str, Any]) -> list[str]:
+    """One sentence per crossover entry, or why there is none."""
+    lines = []
+    for c in report.get("crossovers", []):
+        head = f"{c['model']}: {c['gpu']} vs {c['cpu']} ({c['cpu_source']})"
+        if c["batch"] is None:
+            lines.append(f"{head}: the GPU does not stay ahead at any measured batch size")
+        elif c["gpu_always_faster"]:
+            lines.append(f"{head}: the GPU is faster at every batch size >= {c['batch']}")
+        else:
+            lines.append(
+                f"{head}: the GPU overtakes the CPU at batch {c['batch']} "
+                f"(interpolated {c['estimate']:.0f})"
+            )
+    if not lines:
+        lines.append("crossover: not computed (no GPU series was measured in this run)")
+    return lines
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The results table in GitHub markdown, followed by the crossover sentences."""
+    head = "| " + " | ".join(TABLE_COLUMNS) + " |"
+    rule = "|" + "|".join("---" if i < 4 else "---:" for i in range(len(TABLE_COLUMNS))) + "|"
+    lines = [head, rule]
+    lines += ["| " + " | ".join(table_cells(r)) + " |" for r in report["rows"]]
+    lines.append("")
+    lines += [f"- {line}" for line in crossover_lines(report)]
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.write_text(markdown_table(report), encoding="utf-8")
+    return path

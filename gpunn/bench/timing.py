@@ -1,0 +1,178 @@
+"""Timing done right: warm-up excluded, device synchronised before every clock read, repeated
+until the spread is small, median reported with min and max.
+
+One *repeat* is a block of ``calls`` back-to-back calls followed by one synchronisation; the
+block is sized during warm-up so it lasts at least ``min_block_s`` (a single call of a tiny
+model is only a few microseconds, too short to time alone, and on a GPU a synchronisation after
+every call would measure launch latency rather than throughput). The per-call time of a repeat
+is the block time divided by ``calls``.
+
+Several callables can be timed *interleaved* (round-robin, one block each per round), so slow
+drifts of the machine (other processes, clock boosting) affect them alike and their ratios stay
+meaningful: gpunn, the bare GEMMs and PyTorch are measured this way.
+
+Stopping rule, per callable: at least ``min_repeats`` repeats, then stop as soon as the relative
+spread (interquartile range / median) is at most ``target_spread``, or the time spent timing it
+reaches ``budget_s``, or ``max_repeats`` is reached. ``Timing.converged`` says which happened.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+__all__ = ["Policy", "Timed", "Timing", "time_call", "time_interleaved"]
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How long and how often to time; the defaults keep a full CLI sweep to minutes."""
+
+    warmup_calls: int = 2  # at least this many untimed calls ...
+    warmup_s: float = 0.05  # ... lasting at least this long in total
+    min_repeats: int = 5
+    max_repeats: int = 500
+    target_spread: float = 0.05  # interquartile range / median at which timing stops
+    budget_s: float = 1.0  # time spent timing one callable at one point, after min_repeats
+    min_block_s: float = 0.002  # a repeat lasts at least this long
+
+
+@dataclass
+class Timed:
+    """A callable to time and the synchronisation that waits for the work it queued.
+
+    ``sync`` is the backend's ``synchronize`` (a no-op on NumPy, a device-wide wait on CuPy);
+    it is called before the clock is started and before it is read.
+    """
+
+    name: str
+    fn: Callable[[], object]
+    sync: Callable[[], None]
+    samples: list[float] = field(default_factory=list)
+    calls: int = 1
+    spent_s: float = 0.0
+    done: bool = False
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call: median, min and max over the repeats."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    repeats: int
+    calls: int  # calls per repeat
+    spread: float  # interquartile range / median
+    converged: bool  # True: spread reached target_spread; False: stopped by budget/max_repeats
+
+    def per_second(self, items: int) -> float:
+        """Items (samples) per second at the median time."""
+        return items / self.median_s if self.median_s > 0 else math.inf
+
+    def as_dict(self, prefix: str) -> dict[str, float | int | bool]:
+        return {
+            f"{prefix}_s": self.median_s,
+            f"{prefix}_min_s": self.min_s,
+            f"{prefix}_max_s": self.max_s,
+            f"{prefix}_repeats": self.repeats,
+            f"{prefix}_spread": self.spread,
+        }
+
+
+def relative_spread(samples: Sequence[float]) -> float:
+    """Interquartile range / median (robust to the odd outlier a busy machine produces)."""
+    if len(samples) < 2:
+        return math.inf
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    med = statistics.median(samples)
+    return (q3 - q1) / med if med > 0 else 0.0
+
+
+def _summary(t: Timed, policy: Policy) -> Timing:
+    spread = relative_spread(t.samples)
+    return Timing(
+        median_s=statistics.median(t.samples),
+        min_s=min(t.samples),
+        max_s=max(t.samples),
+        repeats=len(t.samples),
+        calls=t.calls,
+        spread=spread,
+        converged=spread <= policy.target_spread,
+    )
+
+
+def _warm_up(t: Timed, policy: Policy, clock: Clock) -> None:
+    """Untimed calls (first-call allocations, caches, cuBLAS handles); sizes the block."""
+    t.sync()
+    start = clock()
+    n = 0
+    while n < policy.warmup_calls or clock() - start < policy.warmup_s:
+        t.fn()
+        t.sync()
+        n += 1
+    per_call = (clock() - start) / n
+    t.calls = max(1, math.ceil(policy.min_block_s / per_call)) if per_call > 0 else 1
+
+
+def _repeat(t: Timed, clock: Clock) -> float:
+    """Time one block: synchronise, start the clock, run, synchronise, read the clock."""
+    fn = t.fn
+    t.sync()  # work queued earlier must not be billed to this block
+    start = clock()
+    for _ in range(t.calls):
+        fn()
+    t.sync()  # a GPU returns before the kernels finish: wait before reading the clock
+    return clock() - start
+
+
+def _finished(t: Timed, policy: Policy) -> bool:
+    n = len(t.samples)
+    if n < policy.min_repeats:
+        return False
+    return (
+        n >= policy.max_repeats
+        or t.spent_s >= policy.budget_s
+        or relative_spread(t.samples) <= policy.target_spread
+    )
+
+
+def time_interleaved(
+    entries: Sequence[Timed],
+    policy: Policy = Policy(),
+    *,
+    clock: Clock = time.perf_counter,
+    between: Callable[[], None] | None = None,
+) -> dict[str, Timing]:
+    """Time every entry, round-robin, until each one meets the stopping rule.
+
+    ``between`` runs after every block, outside the timed region (used to sample memory).
+    """
+    for t in entries:
+        _warm_up(t, policy, clock)
+    active = list(entries)
+    while active:
+        for t in active:
+            elapsed = _repeat(t, clock)
+            t.samples.append(elapsed / t.calls)
+            t.spent_s += elapsed
+            if between is not None:
+                between()
+        active = [t for t in active if not _finished(t, policy)]
+    return {t.name: _summary(t, policy) for t in entries}
+
+
+def time_call(
+    fn: Callable[[], object],
+    sync: Callable[[], None],
+    policy: Policy = Policy(),
+    *,
+    clock: Clock = time.perf_counter,
+) -> Timing:
+    """Time one callable (see :func:`time_interleaved`)."""
+    return time_interleaved([Timed("fn", fn, sync)], policy, clock=clock)["fn"]
