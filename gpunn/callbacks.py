@@ -91,7 +91,7 @@ class EarlyStopping(Callback):
                 self.best_weights = self.model.backend.to_numpy(self.model.flat_params).copy()
             return
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
@@ -137,7 +137,11 @@ class LearningRateSchedule(Callback):
     """Sets ``optimizer.lr`` before every batch from ``lr_at(progress)``, progress in epochs."""
 
     def on_train_begin(self) -> None:
-        self.base_lr = self.optimizer.lr
+        # The schedule is a function of the optimizer's first lr; the optimizer remembers it
+        # (as torch's schedulers do with "initial_lr"), so a resumed fit does not decay twice.
+        if getattr(self.optimizer, "initial_lr", None) is None:
+            self.optimizer.initial_lr = self.optimizer.lr
+        self.base_lr = self.optimizer.initial_lr
         self.epoch = 0
 
     def on_epoch_begin(self, epoch: int) -> None:
@@ -165,9 +169,10 @@ class StepLR(LearningRateSchedule):
 class CosineLR(LearningRateSchedule):
     """Linear warm-up from 0 over ``warmup_epochs``, then cosine decay to ``min_lr`` at ``epochs``.
 
-    lr(t) = base * t / warmup                                          for t < warmup
+    lr(t) = base * (t + 1 / steps) / warmup                            for t < warmup
     lr(t) = min_lr + (base - min_lr) * (1 + cos(pi * (t - warmup) / (epochs - warmup))) / 2
-    with t the fractional epoch, updated every batch.
+    with t the fractional epoch (epochs done + batch / steps), updated every batch; the warm-up
+    counts the step being taken, so the first step's lr is not 0.
     """
 
     def __init__(self, epochs: int, warmup_epochs: float = 0.0, min_lr: float = 0.0) -> None:

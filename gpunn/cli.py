@@ -7,6 +7,8 @@ on stderr; ``--debug`` shows the full traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import time
 import warnings
@@ -123,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, help="continue training from this checkpoint")
     train.add_argument("--plot", type=Path, help="write loss/accuracy curves to this PNG")
     train.add_argument("--quiet", action="store_true", help="print only the final results")
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training on the ranks of 'mpiexec -n N python -m mpi4py -m gpunn "
+        "train --distributed ...'; --batch-size is then the global batch",
+    )
 
     evaluate = sub.add_parser("evaluate", parents=[common, data], help="score a checkpoint")
     evaluate.add_argument("--checkpoint", type=Path, required=True)
@@ -133,12 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", type=Path, help="write predictions to .csv or .npz")
     predict.add_argument("--backend", type=_backend_spec, default=None)
 
-    try:
-        from gpunn.bench import cli as bench_cli
-    except ImportError:
-        bench_cli = None
-    if bench_cli is not None:
-        bench_cli.add_parser(sub, parents=[common])
+    from gpunn.bench import cli as bench_cli
+
+    bench = bench_cli.add_parser(sub)  # sets args.func to its own handler
+    bench.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     return parser
 
 
@@ -163,8 +169,6 @@ def _load_data(args: argparse.Namespace) -> tuple[Any, Any, Any, str]:
     """(train, validation, test) splits and a description, from --data or --dataset."""
     from gpunn import datasets
 
-    if args.data is not None and args.dataset is not None:
-        raise UsageError("gpunn: give either --data or --dataset, not both")
     if args.data is not None:
         X, y = datasets.load_file(args.data)
         name = str(args.data)
@@ -226,11 +230,51 @@ def _make_optimizer(args: argparse.Namespace) -> Any:
     return (gpunn.Adam if args.optimizer == "adam" else gpunn.AdamW)(lr)
 
 
+def _train_backend(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The backend, and with --distributed this rank's communicator (else None)."""
+    if not args.distributed:
+        return _backend(args.backend, args.tf32), None
+    from gpunn import distributed
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        backend = distributed.rank_backend(args.backend, tf32=args.tf32 or None)
+        comm = distributed.get_communicator(backend)
+    if comm.rank == 0:
+        for w in caught:
+            print(f"note: {w.message}", file=sys.stderr)
+    return backend, comm
+
+
+def _load_data_once(args: argparse.Namespace, comm: Any) -> tuple[Any, Any, Any, str]:
+    """``_load_data``; on MPI ranks, rank 0 first (it may download), then the others."""
+    if comm is not None and comm.rank != 0:
+        comm.barrier()  # matches rank 0's barrier below, once the data set is cached
+    loaded = _load_data(args)
+    if comm is not None and comm.rank == 0:
+        comm.barrier()
+    return loaded
+
+
+def _check_data_args(args: argparse.Namespace) -> None:
+    """Usage errors in the data options, reported before any backend is started."""
+    if getattr(args, "data", None) is not None and getattr(args, "dataset", None) is not None:
+        raise UsageError(f"gpunn {args.command}: give either --data or --dataset, not both")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    _check_data_args(args)
+    backend, comm = _train_backend(args)
+    if comm is not None and comm.rank != 0:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # rank 0 reports
+            return _train(args, backend, comm)
+    return _train(args, backend, comm)
+
+
+def _train(args: argparse.Namespace, backend: Any, comm: Any) -> int:
     from gpunn import checkpoint
 
-    backend = _backend(args.backend, args.tf32)
-    train, val, test, about = _load_data(args)
+    train, val, test, about = _load_data_once(args, comm)
     loss, n_out = _task(train[1])
     if args.resume is not None:
         model, optimizer, info = checkpoint.load_with_optimizer(args.resume, backend=backend)
@@ -243,10 +287,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = _make_model(args, train[0].shape[1], n_out, backend)
         optimizer = _make_optimizer(args)
         done, start = 0, "new model"
-    print(f"backend: {backend!r}")
-    print(f"data:    {about}")
-    print(f"model:   {model.layers} ({model.num_params:,} parameters, {model.dtype.name}), {start}")
-    print(f"train:   {optimizer!r}, {args.epochs} epochs, batch size {args.batch_size}", flush=True)
+    if not args.quiet:
+        print(f"backend: {backend!r}")
+        print(f"data:    {about}")
+        print(f"model:   {model.layers} ({model.num_params:,} parameters, {model.dtype.name})")
+        print(f"         {start}")
+        print(f"train:   {optimizer!r}, {args.epochs} epochs, batch size {args.batch_size}")
+        if comm is not None:
+            print(f"ranks:   {comm.size}, {comm.kind} ({comm.reason})")
+        sys.stdout.flush()
     t0 = time.perf_counter()
     try:
         history = model.fit(
@@ -259,6 +308,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             seed=args.seed,
             verbose=0 if args.quiet else 1,
             initial_epoch=done,
+            comm=comm,
         )
     except MemoryError as exc:
         backend.free_memory_pool()
@@ -274,10 +324,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         print(f"test loss: {result['loss']:.6f}")
     print(f"throughput: {rate:,.0f} samples/s on {backend.spec}; training took {wall:.2f} s")
-    if args.save is not None:
+    rank0 = comm is None or comm.rank == 0  # the ranks hold the same model: one writes it
+    if args.save is not None and rank0:
         path = checkpoint.save(model, args.save, optimizer, epoch=done + len(history.epoch))
         print(f"saved: {path}")
-    if args.plot is not None:
+    if comm is not None:
+        comm.barrier()  # the checkpoint is complete before any rank exits
+    if args.plot is not None and rank0:
         from gpunn.plots import plot_history
 
         print(f"plot: {plot_history(history, args.plot)}")
@@ -287,6 +340,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from gpunn import checkpoint
 
+    _check_data_args(args)
     backend = _backend(args.backend, args.tf32)
     model = checkpoint.load(args.checkpoint, backend=backend)
     if args.data is not None and args.dataset is None:
@@ -356,11 +410,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `gpunn` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    if not debug:  # overflow in a diverging run is reported as one NonFiniteLossError line
+        warnings.filterwarnings("ignore", message=r".*(overflow|invalid value|divide by zero)")
     try:
         args = build_parser().parse_args(argv)
         command = COMMANDS.get(args.command)
         if command is None:  # a subcommand that registered its own handler (bench)
-            return int(args.handler(args))
+            return int(args.func(args))
         return command(args)
     except UsageError as exc:
         if debug:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import platform
 from typing import Any
 
 import numpy
 
 import gpunn
-from gpunn.backend import available_backends
+from gpunn.backend import _import_cupy, available_backends
 
 
 def blas_info() -> str:
@@ -45,7 +44,7 @@ def collect() -> dict[str, Any]:
         ],
     }
     try:
-        cupy = importlib.import_module("cupy")
+        cupy = _import_cupy()
         report["cupy"] = cupy.__version__
     except Exception as exc:
         report["cupy"] = f"not available ({type(exc).__name__})"

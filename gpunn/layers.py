@@ -28,14 +28,25 @@ def dense_backward(
     db: Array,
     dx: Array | None = None,
     need_dx: bool = True,
+    ones: Array | None = None,
 ) -> Array | None:
     """Write dL/dW (in, out) and dL/db (out,) into dW, db; return dL/dx (N, in) if asked.
 
-    From z = x @ W + b:  dW = x^T @ dz,  db = sum_n dz[n],  dx = dz @ W^T.
-    The transposes are views, so each product is one GEMM with no copy.
+    From z = x @ W + b:  dW = x^T @ dz,  db = sum_n dz[n] = 1^T @ dz,  dx = dz @ W^T.
+    The transposes are views, so each product is one GEMM with no copy. ``ones`` is an optional
+    (N,) vector of ones to reuse across steps (one is made when it is None).
     """
-    xp.matmul(x.T, dz, out=dW)  # (in, N) @ (N, out) -> (in, out)
-    dz.sum(axis=0, out=db)  # (out,)
+    if x.shape[0] == 1:
+        # One sample: x^T @ dz is an outer product (inner dimension 1), which NumPy's matmul
+        # computes without BLAS (7x slower than dot here); dot hands it to BLAS.
+        xp.dot(x.T, dz, out=dW)
+    else:
+        xp.matmul(x.T, dz, out=dW)  # (in, N) @ (N, out) -> (in, out)
+    if ones is None:
+        ones = xp.ones(dz.shape[0], dtype=dz.dtype)
+    # db as a matrix-vector product rather than dz.sum(axis=0): BLAS runs it on every core and
+    # accumulates like the dW product above (3x faster than NumPy's sum for 1024 x 256)
+    xp.matmul(ones, dz, out=db)  # (N,) @ (N, out) -> (out,)
     if not need_dx:
         return None  # the first layer's input gradient is never used: skip one GEMM
     return xp.matmul(dz, W.T, out=dx)  # (N, out) @ (out, in) -> (N, in)
@@ -103,7 +114,15 @@ class Dense(Layer):
             db=self.grads["b"],
             dx=dx,
             need_dx=need_dx,
+            ones=self._ones(dy.shape[0]),
         )
+
+    def _ones(self, n: int) -> Array:
+        """A vector of n ones for the bias gradient, made once per batch size."""
+        ones = self._ws.get("ones")
+        if ones is None or ones.shape != (n,):
+            ones = self._ws["ones"] = self.xp.ones(n, dtype=self.dtype)
+        return ones
 
 
 # ------------------------------------------------------------------------------------------

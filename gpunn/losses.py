@@ -25,13 +25,17 @@ def softmax_cross_entropy_forward(z: Array, y: Array, *, xp: Any) -> tuple[Array
     Also returns p = softmax(z) (N, C), which is all the backward needs.
     """
     n = z.shape[0]
-    shifted = z - z.max(axis=1, keepdims=True)  # (N, C), max 0 per row: exp cannot overflow
-    e = xp.exp(shifted)  # (N, C)
-    sum_e = e.sum(axis=1, keepdims=True)  # (N, 1), >= 1
-    target = xp.take_along_axis(shifted, y[:, None], axis=1)  # (N, 1)
+    # Class-major copy s (C, N): each reduction over a sample's C classes then runs along
+    # contiguous rows of length N, which NumPy vectorises; over the short last axis of (N, C)
+    # it loops sample by sample (6x slower for C = 10). The copy costs one pass over z.
+    s = z.T.copy()  # a copy even when N = 1 (z.T is then contiguous): z must stay intact
+    s -= s.max(axis=0)  # max 0 per sample: exp cannot overflow
+    target = s[y, xp.arange(n)]  # (N,) shifted logit of the true class
+    xp.exp(s, out=s)
+    sum_e = s.sum(axis=0)  # (N,), >= 1
     loss = (xp.log(sum_e) - target).sum() / max(n, 1)
-    e /= sum_e  # e becomes p = softmax(z)
-    return xp.asarray(loss), e
+    s /= sum_e  # s becomes softmax(z), class-major
+    return xp.asarray(loss), xp.ascontiguousarray(s.T)
 
 
 def softmax_cross_entropy_backward(p: Array, y: Array, *, xp: Any) -> Array:
@@ -165,7 +169,7 @@ class MeanSquaredError(Loss):
 
     def forward(self, logits: Array, y: Array) -> Array:
         xp = namespace(logits)
-        y = xp.asarray(y)
+        y = xp.asarray(y).astype(logits.dtype, copy=False)
         if y.size != logits.size or y.shape[:1] != logits.shape[:1]:
             raise ValueError(
                 f"MeanSquaredError expects targets of shape {logits.shape}, got {y.shape}"

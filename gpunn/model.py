@@ -74,11 +74,20 @@ class Sequential:
         rng = self.backend.host_rng(seed)
         values: dict[str, Any] = {}
         for i, layer in enumerate(self.layers):
-            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            init = (nxt.init_hint if nxt is not None else None) or "glorot"
+            init = self._init_hint(i)
             for name, value in layer.init_params(rng, init).items():
                 values[f"{i}.{name}"] = value
         return values
+
+    def _init_hint(self, i: int) -> str:
+        """The init for layer i's weights: from the first activation after it (looking past
+        parameter-free layers such as Dropout), Glorot when none follows."""
+        for layer in self.layers[i + 1 :]:
+            if layer.init_hint is not None:
+                return layer.init_hint
+            if layer.param_shapes():
+                break
+        return "glorot"
 
     def _build(self, values: dict[str, Any]) -> None:
         """Allocate the flat buffers, bind each layer to its views, and fill in ``values``."""
@@ -136,7 +145,7 @@ class Sequential:
         first = 0 if input_grad else self._first_param_layer()
         dy = dlogits
         for i in range(len(self.layers) - 1, first - 1, -1):
-            dy = self.layers[i].backward(dy, need_dx=i > first)
+            dy = self.layers[i].backward(dy, need_dx=input_grad or i > first)
         return dy if input_grad else None
 
     def _first_param_layer(self) -> int:

@@ -99,6 +99,7 @@ class Optimizer:
     def __init__(self, lr: float) -> None:
         self.lr = _check(lr, "lr", low=0.0)
         self.step_count = 0
+        self.initial_lr: float | None = None  # set by learning-rate schedules
         self.state: dict[str, Array] = {}
 
     def hyperparams(self) -> dict[str, Any]:
@@ -150,7 +151,7 @@ class Optimizer:
                 raise ValueError(f"unknown {self.kind} hyperparameter {key!r}")
             setattr(self, key, value if key == "nesterov" else _check(value, key, low=0.0))
         self.step_count = int(state.get("step", 0))
-        self.state = dict(state.get("state", {}))
+        self.state = {name: value.copy() for name, value in state.get("state", {}).items()}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams().items())

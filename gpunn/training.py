@@ -24,6 +24,7 @@ from gpunn.progress import Progress
 from gpunn.validation import check_batch_size, check_x, check_y
 
 if TYPE_CHECKING:
+    from gpunn.distributed import Communicator, DataParallel
     from gpunn.model import Sequential
 
 #: the share of free device memory a dataset may take before it is streamed in chunks
@@ -61,6 +62,7 @@ class DeviceData:
         row_bytes = X.shape[1] * dtype.itemsize + 8  # a row of X plus its label
         free = backend.free_memory()  # None on the host: X is already in memory there
         fits = free is None or row_bytes * self.n <= DEVICE_MEMORY_SHARE * free
+        self.on_device = fits
         self.chunk_rows = self.n if fits else max(1, int(DEVICE_MEMORY_SHARE * free // row_bytes))
         if fits:
             self.X = backend.asarray(X, dtype=dtype)  # (N, D) once, not per batch
@@ -71,9 +73,12 @@ class DeviceData:
 
     def batches(self, order: Any, batch_size: int) -> Iterator[tuple[Array, Array]]:
         """Yield (X_batch, y_batch) on the device for consecutive slices of ``order``."""
-        for start in range(0, self.n, self.chunk_rows):
-            chunk = order[start : start + self.chunk_rows]  # host indices
-            if self.chunk_rows == self.n:
+        # chunks hold whole batches, so the batches are the same as with all data on the device
+        size = self.n if self.on_device else self.chunk_rows // batch_size * batch_size
+        size = max(size, batch_size)
+        for start in range(0, self.n, size):
+            chunk = order[start : start + size]  # host indices
+            if self.on_device:
                 Xc, yc, idx = self.X, self.y, self.backend.asarray(chunk)
             else:
                 Xc = self.backend.asarray(self.X[chunk], dtype=self.dtype)
@@ -83,8 +88,8 @@ class DeviceData:
                 if idx is None:
                     yield Xc[b : b + batch_size], yc[b : b + batch_size]
                 else:
-                    rows = idx[b : b + batch_size]
-                    yield self.xp.take(Xc, rows, axis=0), self.xp.take(yc, rows, axis=0)
+                    picked = idx[b : b + batch_size]
+                    yield self.xp.take(Xc, picked, axis=0), self.xp.take(yc, picked, axis=0)
 
 
 def fit(
@@ -102,6 +107,7 @@ def fit(
     seed: int | None = None,
     verbose: int = 1,
     initial_epoch: int = 0,
+    comm: Communicator | None = None,
 ) -> History:
     """Train ``model`` on X (N, D), y (N,) / (N, K) with mini-batch gradient descent.
 
@@ -109,27 +115,50 @@ def fit(
     fixes the batch order: epoch e is shuffled by a generator seeded with (seed, e), so a run
     resumed with ``initial_epoch`` (epochs already done) sees the batches an uninterrupted run
     would. Raises :class:`NonFiniteLossError` if the loss becomes NaN/inf.
+
+    With ``comm`` (a :mod:`gpunn.distributed` communicator of more than one rank) this is one
+    rank of a data-parallel run: ``batch_size`` is the global batch, each rank trains on its
+    shard of it, and only rank 0 prints and writes checkpoints (see docs/distributed.md).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer, found {epochs!r}")
     if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, int) or initial_epoch < 0:
         raise ValueError(f"initial_epoch must be a non-negative integer, found {initial_epoch!r}")
+    if batch_size is None:
+        raise ValueError("batch_size must be a positive integer, found None")
     batch_size = check_batch_size(batch_size)
-    if not isinstance(loss, Loss):
-        raise ValueError(f"loss must be a gpunn loss (e.g. SoftmaxCrossEntropy()), found {loss!r}")
+    _check_loss(loss)
     if not isinstance(optimizer, Optimizer):
         raise ValueError(f"optimizer must be a gpunn optimizer (e.g. Adam()), found {optimizer!r}")
-    X = check_x(X, model.in_features)
+    X = check_x(X, model.in_features, dtype=model.dtype)
     y = check_y(y, X.shape[0], loss, model.out_features)
     val = None
     if validation_data is not None:
-        Xv = check_x(validation_data[0], model.in_features, name="validation X")
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+            raise ValueError(
+                "validation_data must be a pair (X_val, y_val), found "
+                f"{type(validation_data).__name__}"
+                + (
+                    f" of length {len(validation_data)}"
+                    if isinstance(validation_data, (tuple, list))
+                    else ""
+                )
+            )
+        Xv = check_x(validation_data[0], model.in_features, name="validation X", dtype=model.dtype)
         yv = check_y(validation_data[1], Xv.shape[0], loss, model.out_features, name="validation y")
-        val = (Xv, yv)
+        val = _on_device(model, loss, Xv, yv)  # moved once, evaluated every epoch
 
-    backend, _xp = model.backend, model.xp
+    backend, xp = model.backend, model.xp
     data = DeviceData(backend, X, y, model.dtype, _label_dtype(loss, model))
     seed = model.seed if seed is None else seed
+    dp = None
+    if comm is not None and comm.size > 1:
+        from gpunn.distributed import DataParallel
+
+        same = {"seed": seed, "shuffle": shuffle, "epochs": epochs, "initial_epoch": initial_epoch}
+        dp = DataParallel(comm, model, data.n, batch_size, same)  # broadcasts rank 0's weights
+        callbacks = dp.wrap_callbacks(callbacks)
+        verbose = verbose if comm.rank == 0 else 0
     history = History()
     steps = -(-data.n // batch_size)  # batches per epoch, the last one may be short
     progress = Progress(verbose, initial_epoch + epochs, steps=steps, samples=data.n)
@@ -154,13 +183,21 @@ def fit(
                 order = backend.host_arange(data.n)
             progress.start_epoch(epoch)
             t0 = time.perf_counter()
-            stats = _epoch(model, loss, optimizer, data, order, batch_size, callbacks, progress)
-            stats = backend.to_numpy(stats)  # the one host read of the epoch: (2, batches)
+            stats = _epoch(model, loss, optimizer, data, order, batch_size, callbacks, progress, dp)
+            if dp is None:
+                # the one host read of the epoch: the (2, batches) stats and a weight checksum
+                checksum = model.flat_params.sum(dtype=xp.float64).reshape(1)
+                host = backend.to_numpy(xp.concatenate([stats.ravel(), checksum]))
+                stats, weight_sum = host[:-1].reshape(2, -1), float(host[-1])
+            else:  # read together with the ranks' checksums, then summed over the ranks
+                stats, weight_sum = dp.end_epoch(model, stats), 0.0
             seconds = time.perf_counter() - t0
             sizes = [min(batch_size, data.n - start) for start in range(0, data.n, batch_size)]
             bad = [b for b, value in enumerate(stats[0]) if not math.isfinite(value)]
             if bad:
                 raise NonFiniteLossError(epoch, bad[0] + 1, float(stats[0][bad[0]]))
+            if not math.isfinite(weight_sum):  # the epoch's last step broke the weights
+                raise NonFiniteLossError(epoch, steps, weight_sum, what="weights")
             loss_sum = sum(
                 float(value) * size for value, size in zip(stats[0], sizes, strict=False)
             )
@@ -168,7 +205,7 @@ def fit(
             if loss.has_accuracy:
                 logs["accuracy"] = float(stats[1].sum()) / data.n
             if val is not None:
-                for key, value in evaluate(model, *val, loss=loss).items():
+                for key, value in _evaluate(model, *val, loss).items():
                     logs[f"val_{key}"] = value
             logs["lr"] = optimizer.lr
             logs["epoch_seconds"] = seconds
@@ -193,38 +230,57 @@ def _epoch(
     batch_size: int,
     callbacks: Sequence[Callback],
     progress: Progress,
+    dp: DataParallel | None = None,
 ) -> Array:
     """One pass over the data; returns a device array (2, batches): batch losses, correct counts.
 
     Each batch writes its mean loss and its number of correct predictions into this array on
-    the device; nothing is read back until the epoch ends.
+    the device; nothing is read back until the epoch ends. With ``dp`` the batches are this
+    rank's shards, and the gradients are averaged over the ranks before each step.
     """
     xp = model.xp
     stats = xp.zeros((2, -(-data.n // batch_size)), dtype=xp.float64)
-    for b, (xb, yb) in enumerate(data.batches(order, batch_size)):
+    batches = data.batches(order, batch_size) if dp is None else dp.batches(data, order)
+    for b, (xb, yb) in enumerate(batches):
         for cb in callbacks:
             cb.on_batch_begin(b)
-        logits = model.forward(xb)  # (B, out)
-        stats[0, b] = loss.forward(logits, yb)  # 0-d mean loss of the batch, stays on the device
-        if loss.has_accuracy:
-            stats[1, b] = loss.correct(logits, yb)
-        model.backward(loss.backward())
+        if xb.shape[0]:
+            logits = model.forward(xb)  # (B, out)
+            stats[0, b] = loss.forward(logits, yb)  # 0-d mean loss of the batch, on the device
+            if loss.has_accuracy:
+                stats[1, b] = loss.correct(logits, yb)
+            model.backward(loss.backward())
+        else:  # an empty shard (a short last batch of a data-parallel run) adds zero gradients
+            model.zero_grad()
+        if dp is not None:
+            dp.average_gradients(model, b)
         optimizer.step(model)
-        progress.advance(xb.shape[0])
+        progress.advance(xb.shape[0] if dp is None else dp.global_batch_size(b))
     return stats
 
 
 def evaluate(model: Sequential, X: Any, y: Any, loss: Loss | None = None) -> dict[str, float]:
     """Mean loss (and accuracy where it applies) of the model on X, y in inference mode."""
     loss = loss if loss is not None else _default_loss(model)
-    X = check_x(X, model.in_features)
+    _check_loss(loss)
+    X = check_x(X, model.in_features, dtype=model.dtype)
     y = check_y(y, X.shape[0], loss, model.out_features)
+    return _evaluate(model, *_on_device(model, loss, X, y), loss)
+
+
+def _on_device(model: Sequential, loss: Loss, X: Array, y: Array) -> tuple[Array, Array]:
+    """Checked X and y moved to the model's backend in its dtypes (no copy if already there)."""
+    backend = model.backend
+    return backend.asarray(X, dtype=model.dtype), backend.asarray(y, _label_dtype(loss, model))
+
+
+def _evaluate(model: Sequential, X: Array, y: Array, loss: Loss) -> dict[str, float]:
+    """``evaluate`` on checked device arrays: batched forward passes, one host read."""
     backend, xp = model.backend, model.xp
     totals = xp.zeros(2, dtype=xp.float64)
-    yd = backend.asarray(y, dtype=_label_dtype(loss, model))
     for start, stop in _slices(X.shape[0], _predict_batch(model)):
-        logits = model.forward(backend.asarray(X[start:stop], dtype=model.dtype), training=False)
-        yb = yd[start:stop]
+        logits = model.forward(X[start:stop], training=False)
+        yb = y[start:stop]
         totals[0] += loss.forward(logits, yb) * (stop - start)
         if loss.has_accuracy:
             totals[1] += loss.correct(logits, yb)
@@ -237,13 +293,16 @@ def evaluate(model: Sequential, X: Any, y: Any, loss: Loss | None = None) -> dic
 
 def predict(model: Sequential, X: Any, batch_size: int | None = None) -> Array:
     """Model outputs (logits) for X (N, D) -> (N, out) on the model's backend, in batches."""
-    X = check_x(X, model.in_features)
+    X = check_x(X, model.in_features, dtype=model.dtype)
     batch_size = check_batch_size(batch_size) or _predict_batch(model)
     backend, xp = model.backend, model.xp
-    out = xp.empty((X.shape[0], model.out_features), dtype=model.dtype)
+    out = None
     for start, stop in _slices(X.shape[0], batch_size):
         xb = backend.asarray(X[start:stop], dtype=model.dtype)
-        out[start:stop] = model.forward(xb, training=False)
+        yb = model.forward(xb, training=False)
+        if out is None:  # the output width is known once the first batch has gone through
+            out = xp.empty((X.shape[0],) + yb.shape[1:], dtype=model.dtype)
+        out[start:stop] = yb
     return out
 
 
@@ -255,6 +314,11 @@ def _slices(n: int, size: int) -> Iterator[tuple[int, int]]:
 def _predict_batch(model: Sequential) -> int:
     """Rows per inference batch: large enough to keep a GPU busy, small enough for memory."""
     return 8192
+
+
+def _check_loss(loss: Any) -> None:
+    if not isinstance(loss, Loss):
+        raise ValueError(f"loss must be a gpunn loss (e.g. SoftmaxCrossEntropy()), found {loss!r}")
 
 
 def _label_dtype(loss: Loss, model: Sequential) -> Any:

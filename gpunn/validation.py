@@ -14,8 +14,11 @@ from gpunn.layer import Array
 from gpunn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
 
 
-def check_x(X: Any, n_features: int | None, *, name: str = "X") -> Array:
-    """X as a 2-D numeric array (N, features) with N >= 1, the model's width and finite values."""
+def check_x(X: Any, n_features: int | None, *, name: str = "X", dtype: Any = None) -> Array:
+    """X as a 2-D numeric array (N, features) with N >= 1, the model's width and finite values.
+
+    With ``dtype`` (the model's), values too large for it (they would become inf) are refused.
+    """
     xp = namespace(X)
     try:
         X = xp.asarray(X)
@@ -33,6 +36,14 @@ def check_x(X: Any, n_features: int | None, *, name: str = "X") -> Array:
         bad = int((~xp.isfinite(X)).sum())
         if bad:
             raise ValueError(f"{name} holds {bad} NaN or infinite value(s); all must be finite")
+    if dtype is not None and X.dtype.kind == "f" and X.dtype.itemsize > xp.dtype(dtype).itemsize:
+        limit = float(xp.finfo(dtype).max)
+        if float(xp.abs(X).max()) > limit:
+            kind = xp.dtype(dtype).name
+            raise ValueError(
+                f"{name} holds values beyond ±{limit:.3g}, the largest finite {kind} number; "
+                "scale the data or use a float64 model"
+            )
     return X
 
 
@@ -90,8 +101,13 @@ def _binary_labels(y: Array, outputs: int | None, name: str, xp: Any) -> Array:
     y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
     if y.ndim != 1:
         raise ValueError(f"{name} must be 0/1 labels of shape (N,), found shape {y.shape}")
-    if bool(((y != 0) & (y != 1)).any()):
-        raise ValueError(f"{name} must hold only 0 and 1 for BinaryCrossEntropy")
+    wrong = (y != 0) & (y != 1)
+    if bool(wrong.any()):
+        found = sorted({float(v) for v in y[wrong][:1000].tolist()})[:5]
+        raise ValueError(
+            f"{name} must hold only 0 and 1 for BinaryCrossEntropy, found {int(wrong.sum())} "
+            f"other value(s) such as {', '.join(f'{v:g}' for v in found)}"
+        )
     return y
 
 

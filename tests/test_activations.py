@@ -76,7 +76,7 @@ def test_backward_scales_the_incoming_gradient(backend, name):
 def test_sigmoid_exact_values(backend):
     z = backend.asarray([0.0, np.log(3.0), -np.log(3.0)], dtype="float64")
     a = backend.to_numpy(sigmoid_forward(z, xp=backend.xp))
-    np.testing.assert_allclose(a, [0.5, 0.75, 0.25], rtol=1e-15)
+    np.testing.assert_allclose(a, [0.5, 0.75, 0.25], rtol=1e-14)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -90,7 +90,7 @@ def test_sigmoid_is_stable_for_large_inputs(backend, dtype):
     assert np.all(np.isfinite(a)) and np.all((a >= 0) & (a <= 1))
     assert np.all(np.isfinite(dz)) and dz[0, 0] == 0.0 and dz[0, -1] == 0.0
     if dtype == "float64":
-        np.testing.assert_allclose(a[0, 1:-1], 1 / (1 + np.exp(-z[0, 1:-1])), rtol=1e-15)
+        np.testing.assert_allclose(a[0, 1:-1], 1 / (1 + np.exp(-z[0, 1:-1])), rtol=1e-14)
 
 
 def test_tanh_saturates_without_warnings(backend):
@@ -185,8 +185,12 @@ finite_float32 = hnp.arrays(
     hnp.array_shapes(min_dims=1, max_dims=2, max_side=8),
     elements=st.floats(width=32, allow_nan=False, allow_infinity=False),
 )
-fixture_ok = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+fixture_ok = settings(  # fixed examples, nothing written to disk: the same run everywhere
+    max_examples=60,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 

@@ -21,6 +21,7 @@ import gpunn
 from gpunn import backend as backend_module
 
 GPU_NAME = "NVIDIA H100 80GB HBM3"
+GPU_NAME_BYTES = GPU_NAME.encode()  # what getDeviceProperties returns
 DRIVER_ERROR = (
     "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"
 )
@@ -46,16 +47,16 @@ class FakeCuda:
         self.calls = {"getDeviceCount": 0, "synchronize": [], "enter": []}
         fake = self
 
-        class runtime:  # noqa: N801 - mirrors cupy.cuda.runtime
+        class runtime:  # mirrors cupy.cuda.runtime
             @staticmethod
-            def getDeviceCount():  # noqa: N802 - CuPy's spelling
+            def getDeviceCount():  # CuPy's spelling
                 fake.calls["getDeviceCount"] += 1
                 if count_error is not None:
                     raise count_error
                 return count
 
             @staticmethod
-            def getDeviceProperties(device):  # noqa: N802 - CuPy's spelling
+            def getDeviceProperties(device):  # CuPy's spelling
                 return {"name": name, "totalGlobalMem": 80 << 30}
 
         class Device:
@@ -85,7 +86,7 @@ def fake_cupy(
     alloc_error=None,
     device_error=None,
     wrong_result=False,
-    name=GPU_NAME.encode(),
+    name=GPU_NAME_BYTES,
 ):
     """A module object that looks enough like ``cupy`` for the probe (numbers come from NumPy)."""
     mod = types.ModuleType("cupy")

@@ -88,7 +88,9 @@ def test_softmax_ce_known_value_and_gradient(backend):
     expected = np.mean([np.log(np.exp(z[n]).sum()) - z[n, y[n]] for n in range(2)])
     np.testing.assert_allclose(value, expected, rtol=1e-15)
     onehot = np.eye(3)[y]
-    np.testing.assert_allclose(host(backend, loss.backward()), (softmax(z) - onehot) / 2, rtol=1e-14)
+    np.testing.assert_allclose(
+        host(backend, loss.backward()), (softmax(z) - onehot) / 2, rtol=1e-14
+    )
 
 
 def test_softmax_ce_accepts_labels_of_shape_n1_and_float_labels(backend):
@@ -235,19 +237,25 @@ def test_accuracy_counts(backend):
 # ------------------------------------------------------------------------------------------
 
 
+# A step of 1e-5 keeps the rounding noise of the difference quotient (about 1e-16 * loss / eps)
+# well below the 1e-6 bar; the truncation error (about eps^2) is smaller still.
+EPS = 1e-5
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_loss_gradient_check(case, seed):
     cls, shape, labels = CASES[case]
     rng = np.random.default_rng(seed)
     z = rng.standard_normal(shape) * 2
-    assert check_loss_gradients(cls(), z, labels(rng)) <= 1e-6
+    assert check_loss_gradients(cls(), z, labels(rng), eps=EPS) <= 1e-6
 
 
 def test_softmax_ce_gradient_check_many_classes():
     rng = np.random.default_rng(3)
-    z = rng.standard_normal((3, 12))
-    assert check_loss_gradients(gpunn.SoftmaxCrossEntropy(), z, rng.integers(0, 12, 3)) <= 1e-6
+    z = rng.standard_normal((3, 12)) * 4
+    labels = rng.integers(0, 12, 3)
+    assert check_loss_gradients(gpunn.SoftmaxCrossEntropy(), z, labels, eps=EPS) <= 1e-6
 
 
 # ------------------------------------------------------------------------------------------
@@ -274,7 +282,9 @@ def test_softmax_ce_matches_torch(backend, seed, shape):
     loss = gpunn.SoftmaxCrossEntropy()
     value = float(loss.forward(backend.asarray(z), backend.asarray(y)))
     np.testing.assert_allclose(value, expected, rtol=1e-12)
-    np.testing.assert_allclose(host(backend, loss.backward()), expected_grad, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        host(backend, loss.backward()), expected_grad, rtol=1e-12, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -284,13 +294,13 @@ def test_bce_matches_torch(backend, seed, shape):
     rng = np.random.default_rng(seed)
     z = rng.standard_normal(shape) * 5
     y = rng.integers(0, 2, shape).astype(float)
-    expected, expected_grad = torch_loss_and_grad(
-        functional.binary_cross_entropy_with_logits, z, y
-    )
+    expected, expected_grad = torch_loss_and_grad(functional.binary_cross_entropy_with_logits, z, y)
     loss = gpunn.BinaryCrossEntropy()
     value = float(loss.forward(backend.asarray(z), backend.asarray(y)))
     np.testing.assert_allclose(value, expected, rtol=1e-12)
-    np.testing.assert_allclose(host(backend, loss.backward()), expected_grad, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        host(backend, loss.backward()), expected_grad, rtol=1e-12, atol=1e-15
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -304,7 +314,9 @@ def test_mse_matches_torch(backend, seed, shape):
     loss = gpunn.MeanSquaredError()
     value = float(loss.forward(backend.asarray(z), backend.asarray(y)))
     np.testing.assert_allclose(value, expected, rtol=1e-12)
-    np.testing.assert_allclose(host(backend, loss.backward()), expected_grad, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        host(backend, loss.backward()), expected_grad, rtol=1e-12, atol=1e-15
+    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -312,8 +324,12 @@ def test_mse_matches_torch(backend, seed, shape):
 # ------------------------------------------------------------------------------------------
 
 BIG = float(np.float32(1e30))  # the sum over a batch of such losses still fits in float32
-fixture_ok = settings(
-    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+fixture_ok = settings(  # fixed examples, nothing written to disk: the same run everywhere
+    max_examples=50,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 
@@ -321,9 +337,7 @@ fixture_ok = settings(
 def logits_and_labels(draw):
     n = draw(st.integers(1, 6))
     c = draw(st.integers(1, 6))
-    z = draw(
-        hnp.arrays(np.float64, (n, c), elements=st.floats(-1e4, 1e4, allow_nan=False))
-    )
+    z = draw(hnp.arrays(np.float64, (n, c), elements=st.floats(-1e4, 1e4, allow_nan=False)))
     y = draw(hnp.arrays(np.int64, (n,), elements=st.integers(0, c - 1)))
     return z, y
 

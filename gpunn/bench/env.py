@@ -43,6 +43,14 @@ def _cores() -> dict[str, int | None]:
     return {"logical": os.cpu_count(), "physical": physical, "usable": usable}
 
 
+def _load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages when the report is made: other work on the machine."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def _blas_pools() -> list[dict[str, Any]]:
     """NumPy's BLAS as threadpoolctl sees it: library, version, architecture, threads."""
     try:
@@ -122,15 +130,14 @@ def _torch(torch: Any) -> dict[str, Any]:
     return info
 
 
-def environment(
-    backends: list[Backend], torch: Any = None, torch_note: str = ""
-) -> dict[str, Any]:
+def environment(backends: list[Backend], torch: Any = None, torch_note: str = "") -> dict[str, Any]:
     """The environment record stored in bench.json (see :mod:`gpunn.bench.results`)."""
     import gpunn
 
     return {
         "cpu_model": cpu_model(),
         "cpu_cores": _cores(),
+        "load_average": _load_average(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "gpunn_version": gpunn.__version__,

@@ -16,6 +16,7 @@ from typing import Any
 
 from gpunn.backend import Backend
 from gpunn.bench.crossover import crossover
+from gpunn.bench.load import OtherLoad
 from gpunn.bench.memory import MemoryPeak, host_rss_bytes
 from gpunn.bench.timing import Policy, Timed, time_interleaved
 from gpunn.bench.torch_ref import TorchWorkload
@@ -45,6 +46,7 @@ class SweepConfig:
     policy: Policy = field(default_factory=Policy)
     torch: Any = None
     seed: int = 0
+    clock: Callable[[], float] | None = None  # None: time.perf_counter (tests pass a fake)
 
     def settings(self) -> dict[str, Any]:
         """The JSON ``settings`` record."""
@@ -107,11 +109,11 @@ def measure_point(
     gpunn_setup, gpu_used, gpu_total = mem.growth, mem.gpu_used, mem.gpu_total
 
     entries = [
-        Timed("train", gw.train_step, gw.sync),
-        Timed("infer", gw.infer, gw.sync),
+        Timed("train", gw.train_step, gw.sync, group="gpunn"),
+        Timed("infer", gw.infer, gw.sync, group="gpunn"),
     ]
     gemm = GemmWorkload(widths, batch, backend, cfg.dtype)
-    entries.append(Timed("gemm", gemm.run, gemm.sync))
+    entries.append(Timed("gemm", gemm.run, gemm.sync, group="gpunn"))
 
     tw = None
     device = _torch_device(backend, cfg.torch)
@@ -126,10 +128,13 @@ def measure_point(
         tw.infer()
         tw.sync()
         torch_setup = max(0, host_rss_bytes() - rss0)
-        entries += [Timed("torch_train", tw.train_step, tw.sync)]
-        entries += [Timed("torch_infer", tw.infer, tw.sync)]
+        entries += [Timed("torch_train", tw.train_step, tw.sync, group="torch")]
+        entries += [Timed("torch_infer", tw.infer, tw.sync, group="torch")]
 
-    t = time_interleaved(entries, cfg.policy, between=mem.sample)
+    clock = {"clock": cfg.clock} if cfg.clock is not None else {}
+    load = OtherLoad()
+    t = time_interleaved(entries, cfg.policy, between=mem.sample, **clock)
+    other_cpu = load.fraction()
 
     row = _base_row(widths, batch, cfg)
     row |= {"params": gw.model.num_params, "engine": "gpunn", "device": backend.spec}
@@ -138,6 +143,7 @@ def measure_point(
     row["limit_fraction"] = t["gemm"].median_s / t["train"].median_s
     row |= {"rss_peak_bytes": mem.rss, "rss_setup_bytes": gpunn_setup}
     row |= {"gpu_used_bytes": gpu_used, "gpu_total_bytes": gpu_total}
+    row["other_cpu"] = other_cpu
     rows = [row]
     if tw is not None:
         trow = _base_row(widths, batch, cfg)
@@ -145,7 +151,7 @@ def measure_point(
         trow |= _throughput(t["torch_train"], t["torch_infer"], batch)
         trow |= {"rss_peak_bytes": mem.rss, "rss_setup_bytes": torch_setup}
         used, total = tw.gpu_memory()
-        trow |= {"gpu_used_bytes": used, "gpu_total_bytes": total}
+        trow |= {"gpu_used_bytes": used, "gpu_total_bytes": total, "other_cpu": other_cpu}
         row["vs_torch_train"] = row["train_samples_per_s"] / trow["train_samples_per_s"]
         row["vs_torch_infer"] = row["infer_samples_per_s"] / trow["infer_samples_per_s"]
         rows.append(trow)

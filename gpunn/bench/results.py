@@ -10,7 +10,8 @@ bench.json (``schema: "gpunn-bench/1"``) is one object:
   ``policy`` (the timing policy of :class:`gpunn.bench.timing.Policy`), ``seed``,
   ``threads`` (``blas`` and ``torch`` thread counts).
 * ``environment``: ``cpu_model``, ``cpu_cores`` (``logical``, ``physical``, ``usable``),
-  ``platform``, ``python``, ``gpunn_version``, ``numpy_version``, ``numpy_blas_build``,
+  ``load_average`` (1, 5, 15 min, when the run ended), ``platform``, ``python``,
+  ``gpunn_version``, ``numpy_version``, ``numpy_blas_build``,
   ``blas`` (list of ``library``, ``version``, ``threads``, ``architecture``,
   ``threading_layer``, ``file``), ``gpus`` (list of ``backend``, ``name``,
   ``memory_total_bytes``, ``memory_free_bytes``, ``compute_capability``, ``multiprocessors``,
@@ -46,6 +47,9 @@ bench.json (``schema: "gpunn-bench/1"``) is one object:
 * ``gpu_used_bytes``, ``gpu_total_bytes``: on CuPy the memory pool's bytes in use by live arrays
   and held by the pool after the first step (from an emptied pool); on torch CUDA
   ``max_memory_allocated`` / ``max_memory_reserved``; null on the CPU.
+* ``other_cpu``: the share of all CPU cores that *other* processes kept busy while the point was
+  timed (:mod:`gpunn.bench.load`); above about 0.05 the machine was not quiet and the times,
+  ratios included, deserve less trust.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "rss_setup_bytes",
     "gpu_used_bytes",
     "gpu_total_bytes",
+    "other_cpu",
 )
 
 TOP_LEVEL_FIELDS = (
@@ -184,6 +189,7 @@ TABLE_COLUMNS = (
     "infer vs torch",
     "peak RSS MiB",
     "GPU pool MiB",
+    "other CPU",
 )
 
 
@@ -219,6 +225,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         _fmt_ratio(row.get("vs_torch_infer")),
         _mib(row.get("rss_peak_bytes")),
         _mib(row.get("gpu_used_bytes")),
+        "" if row.get("other_cpu") is None else f"{row['other_cpu']:.0%}",
     ]
 
 

@@ -57,7 +57,7 @@ def _element_body(src: Elementwise, dtype: str, indent: str) -> str:
     """Bind each parameter to element i (inputs by value, outputs by reference), then the op."""
     lines = [f"typedef {C_TYPES[dtype]} T;"]
     for type_name, name in parse_params(src.in_params):
-        lines.append(f"const {_c_type(type_name, dtype)} {name} = {name}_in[i];")
+        lines.append(f"[[maybe_unused]] const {_c_type(type_name, dtype)} {name} = {name}_in[i];")
     for type_name, name in parse_params(src.out_params):
         lines.append(f"{_c_type(type_name, dtype)}& {name} = {name}_out[i];")
     lines.append(src.operation.strip())
@@ -65,10 +65,10 @@ def _element_body(src: Elementwise, dtype: str, indent: str) -> str:
 
 
 def _signature(src: Elementwise, dtype: str) -> str:
-    args = [
-        f"const {_c_type(t, dtype)}* {n}_in" for t, n in parse_params(src.in_params)
-    ] + [f"{_c_type(t, dtype)}* {n}_out" for t, n in parse_params(src.out_params)]
-    return ", ".join(args + ["long long n"])
+    args = [f"const {_c_type(t, dtype)}* {n}_in" for t, n in parse_params(src.in_params)] + [
+        f"{_c_type(t, dtype)}* {n}_out" for t, n in parse_params(src.out_params)
+    ]
+    return ", ".join(args + ["long long n_elements"])
 
 
 def kernel_symbol(src: Elementwise, dtype: str) -> str:
@@ -84,7 +84,7 @@ def render_cuda(src: Elementwise, dtype: str) -> str:
     return (
         f'extern "C" __global__ void {kernel_symbol(src, dtype)}({_signature(src, dtype)}) {{\n'
         "    const long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x;\n"
-        "    if (i >= n) return;\n"
+        "    if (i >= n_elements) return;\n"
         f"{_element_body(src, dtype, '    ')}\n"
         "}\n"
     )
@@ -97,10 +97,10 @@ using namespace std;  // exp, fabs, log1p, tanh, sqrt, max: the float and double
 
 
 def render_host(src: Elementwise, dtype: str) -> str:
-    """``src`` as a plain C++ function looping over n elements (compile with HOST_PRELUDE)."""
+    """``src`` as a plain C++ loop over n_elements (compile it after HOST_PRELUDE)."""
     return (
         f'extern "C" void {kernel_symbol(src, dtype)}({_signature(src, dtype)}) {{\n'
-        "    for (long long i = 0; i < n; ++i) {\n"
+        "    for (long long i = 0; i < n_elements; ++i) {\n"
         f"{_element_body(src, dtype, '        ')}\n"
         "    }\n"
         "}\n"

@@ -1,10 +1,13 @@
-"""What a fused kernel is made of: its reference, its CuPy builder, its self-check probe, its source.
+"""What a fused kernel is made of: its reference, CuPy builder, self-check probe and source.
 
 A :class:`KernelSpec` ties one fused GPU kernel to the plain Python composition of core functions
 whose math it repeats (the *reference*, used as the fallback and by the tests). An
 :class:`Elementwise` holds the source of one CuPy ``ElementwiseKernel`` as plain data, so the very
 same operation text is compiled by CuPy at run time and by ``nvcc`` in the tests; kernels are built
 once per array module and cached here (never inside the training loop).
+
+gpunn.kernels imports nothing from gpunn but ``gpunn.backend`` at import time (the references
+import the core inside their bodies), so any core module can import ``gpunn.kernels``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Impl = Callable[..., Any]
+Array = Any  # a numpy.ndarray or a cupy.ndarray (as gpunn.layer.Array, not imported: see below)
 
 
 @dataclass(frozen=True)
@@ -21,7 +25,8 @@ class KernelSpec:
     """One dispatchable operation: the fused fast path and the reference it must agree with."""
 
     name: str  # the dispatch name, e.g. "sgd_update"
-    repeats: str  # the core function(s) whose math the kernel repeats, e.g. "gpunn.optim.sgd_update"
+    #: the core functions whose math the kernel repeats, fully qualified ("gpunn.optim.sgd_update")
+    repeats: tuple[str, ...]
     reference: Impl  # plain composition of core functions; same call signature as the fused form
     build_fused: Callable[[Any], Impl]  # xp -> fused implementation (compiles lazily, on CuPy)
     probe: Callable[[Impl, Any], list[Any]]  # run an implementation on small fixed inputs on xp
@@ -86,7 +91,7 @@ def compare(fused: list[Any], reference: list[Any], xp: Any) -> float:
     if len(fused) != len(reference):
         raise AssertionError(f"{len(fused)} outputs, the reference gives {len(reference)}")
     worst = 0.0
-    for i, (f, r) in enumerate(zip(fused, reference)):
+    for i, (f, r) in enumerate(zip(fused, reference, strict=True)):
         f, r = xp.asarray(f), xp.asarray(r)
         if f.shape != r.shape or f.dtype != r.dtype:
             raise AssertionError(

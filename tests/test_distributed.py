@@ -1,0 +1,552 @@
+"""Tests for gpunn.distributed: data-parallel fit over MPI, communicator choice, NCCL buffers.
+
+The end-to-end tests start real 2-rank MPI jobs (``mpiexec -n 2 python -m mpi4py ...``) of the
+scripts in tests/mpi/ and compare what they write with one-process training. They are skipped,
+with the reason, only where mpi4py or mpiexec is not installed. The NCCL communicator is tested
+against stand-ins for ``cupy.cuda.nccl`` here, and for real in the GPU tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from subprocess import PIPE
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gpunn
+from gpunn import checkpoint, distributed
+from gpunn.distributed import (
+    MPICommunicator,
+    NCCLCommunicator,
+    SingleProcess,
+    choose_kind,
+    device_spec_for_rank,
+    get_communicator,
+    shard_bounds,
+)
+
+HERE = Path(__file__).parent
+MPI_SCRIPTS = HERE / "mpi"
+TIMEOUT = 120  # seconds for one MPI job; each takes about one here
+
+
+# --------------------------------------------------------------------------------------------
+# Launching MPI jobs
+# --------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _mpiexec() -> list[str] | str:
+    """The mpiexec command line prefix, or why MPI jobs cannot be started here."""
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError as exc:
+        return f"mpi4py is not installed ({exc}); pip install 'gpunn[mpi]'"
+    exe = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
+    if exe is None:
+        return "no mpiexec found (next to Python or on PATH); pip install 'gpunn[mpi]'"
+    version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30)
+    text = version.stdout + version.stderr
+    if "HYDRA" in text:  # MPICH: start the ranks as local processes (no ssh, loopback only)
+        return [exe, "-launcher", "fork"]
+    if "Open MPI" in text or "OpenRTE" in text:
+        extra = ["--oversubscribe"] + (["--allow-run-as-root"] if os.geteuid() == 0 else [])
+        return [exe, *extra]
+    return [exe]
+
+
+def mpirun(args: list[str], *, n: int = 2, cwd: Path, backend: str = "numpy") -> tuple[Any, float]:
+    """Run ``python -m mpi4py ARGS`` on n ranks; returns (CompletedProcess, seconds)."""
+    prefix = _mpiexec()
+    if isinstance(prefix, str):
+        pytest.skip(prefix)
+    env = dict(os.environ, GPUNN_BACKEND=backend)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"  # one BLAS thread per rank: two ranks share this machine's cores
+    cmd = [*prefix, "-n", str(n), sys.executable, "-m", "mpi4py", *args]
+    t0 = time.perf_counter()
+    # a session of its own, so that a hung job's ranks can all be killed with mpiexec
+    job = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdout=PIPE, stderr=PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = job.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(job.pid, signal.SIGKILL)
+        stdout, stderr = job.communicate()
+        pytest.fail(f"the MPI job ran past {TIMEOUT} s:\n{stdout}\n{stderr}")
+    done = subprocess.CompletedProcess(cmd, job.returncode, stdout, stderr)
+    return done, time.perf_counter() - t0
+
+
+def output(done: Any) -> str:
+    return f"exit status {done.returncode}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+
+
+# --------------------------------------------------------------------------------------------
+# Two ranks train the model one process trains
+# --------------------------------------------------------------------------------------------
+
+CASES = ["float64", "float32", "uneven", "chunked"]  # see tests/mpi/train_equiv.py
+RTOL = {"float64": 1e-10, "float32": 1e-5, "uneven": 1e-10, "chunked": 1e-10}
+
+
+@pytest.fixture(scope="module")
+def equiv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of one 2-rank run of tests/mpi/train_equiv.py (all cases)."""
+    out = tmp_path_factory.mktemp("equiv")
+    done, _ = mpirun([str(MPI_SCRIPTS / "train_equiv.py"), str(out)], cwd=out)
+    assert done.returncode == 0, output(done)
+    return out
+
+
+def load(out: Path, case: str, who: str) -> Any:
+    return np.load(out / f"{case}.{who}.npz")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_two_ranks_train_the_same_weights_as_one_process(equiv: Path, case: str) -> None:
+    ref, rank0 = load(equiv, case, "reference"), load(equiv, case, "rank0")
+    assert not np.allclose(ref["params"], 0)
+    np.testing.assert_allclose(rank0["params"], ref["params"], rtol=RTOL[case], atol=0)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_both_ranks_hold_identical_weights(equiv: Path, case: str) -> None:
+    rank0, rank1 = load(equiv, case, "rank0"), load(equiv, case, "rank1")
+    np.testing.assert_array_equal(rank0["params"], rank1["params"])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_epoch_loss_and_accuracy_are_those_of_the_whole_data(equiv: Path, case: str) -> None:
+    ref = load(equiv, case, "reference")
+    for rank in ("rank0", "rank1"):
+        got = load(equiv, case, rank)
+        np.testing.assert_allclose(got["loss"], ref["loss"], rtol=RTOL[case])
+        np.testing.assert_allclose(got["accuracy"], ref["accuracy"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_host_read_per_epoch_on_every_rank(equiv: Path, case: str) -> None:
+    for rank in ("rank0", "rank1"):
+        reads = load(equiv, case, rank)["reads"]
+        assert len(reads) >= 1 and set(reads.tolist()) == {1}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_checkpoint_of_a_distributed_run_loads_in_one_process(equiv: Path, case: str) -> None:
+    model, optimizer, info = checkpoint.load_with_optimizer(equiv / f"{case}.ckpt", "numpy")
+    np.testing.assert_array_equal(model.flat_params, load(equiv, case, "rank0")["params"])
+    assert optimizer is not None and info["epoch"] == len(load(equiv, case, "rank0")["loss"])
+    assert int(load(equiv, case, "rank0")["saved"]) == info["epoch"]  # one save an epoch ...
+    assert int(load(equiv, case, "rank1")["saved"]) == 0  # ... by rank 0 alone
+
+
+# --------------------------------------------------------------------------------------------
+# Failures end the whole job
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_exception_on_one_rank_ends_the_job_quickly(tmp_path: Path) -> None:
+    done, seconds = mpirun([str(MPI_SCRIPTS / "failure.py"), "raise"], cwd=tmp_path)
+    assert done.returncode != 0, output(done)
+    assert "deliberate failure on rank 1" in done.stderr, output(done)
+    assert "finished without an error" not in done.stdout
+    assert seconds < 30, f"the job took {seconds:.1f} s to end: a rank was left waiting"
+
+
+def test_ranks_that_drift_apart_are_stopped(tmp_path: Path) -> None:
+    done, _ = mpirun([str(MPI_SCRIPTS / "failure.py"), "drift"], cwd=tmp_path)
+    assert done.returncode != 0, output(done)
+    assert "DriftError: the ranks' weights have drifted apart" in done.stderr, output(done)
+
+
+def test_ranks_with_different_data_refuse_to_start(tmp_path: Path) -> None:
+    done, _ = mpirun([str(MPI_SCRIPTS / "failure.py"), "mismatch"], cwd=tmp_path)
+    assert done.returncode != 0, output(done)
+    assert "disagree on the number of samples (from 400 to 401)" in done.stderr, output(done)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+TRAIN = "train --dataset digits --hidden 32 --epochs 2 --batch-size 37 --dtype float64"
+TRAIN += " --optimizer sgd --lr 0.05 --seed 4 --save {}"
+
+
+def test_cli_two_ranks_train_the_model_one_process_trains(tmp_path: Path) -> None:
+    dist, single = tmp_path / "dist.ckpt", tmp_path / "single.ckpt"
+    done, _ = mpirun(["-m", "gpunn", *TRAIN.format(dist).split(), "--distributed"], cwd=tmp_path)
+    assert done.returncode == 0, output(done)
+    assert done.stdout.count("test accuracy") == 1, output(done)  # rank 0 alone reports
+    assert "ranks:   2, mpi" in done.stdout, output(done)
+    alone = subprocess.run(
+        [sys.executable, "-m", "gpunn", *TRAIN.format(single).split()],
+        cwd=tmp_path,
+        env=dict(os.environ, GPUNN_BACKEND="numpy"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert alone.returncode == 0, output(alone)
+    a, b = checkpoint.load(dist, "numpy"), checkpoint.load(single, "numpy")
+    np.testing.assert_allclose(a.flat_params, b.flat_params, rtol=1e-10, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------
+# Sharding and choices (no MPI job)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 7, 32, 33])
+@pytest.mark.parametrize("size", [1, 2, 3, 4])
+def test_shards_split_a_batch_like_array_split(n: int, size: int) -> None:
+    rows = np.arange(n)
+    expected = np.array_split(rows, size)
+    for rank in range(size):
+        lo, hi = shard_bounds(n, rank, size)
+        np.testing.assert_array_equal(rows[lo:hi], expected[rank])
+
+
+def gpus(
+    *ids: str | None, nccl: bool = True, host: str = "a"
+) -> list[tuple[str, str | None, bool]]:
+    return [(host, gpu, nccl and gpu is not None) for gpu in ids]
+
+
+def test_one_process_needs_no_communication() -> None:
+    assert choose_kind("auto", gpus(None))[0] == "single"
+    assert choose_kind("auto", gpus("0"))[0] == "single"
+
+
+def test_nccl_is_chosen_when_every_rank_has_its_own_gpu() -> None:
+    assert choose_kind("auto", gpus("0", "1"))[0] == "nccl"
+    # the same device number on two machines is two GPUs
+    assert choose_kind("auto", gpus("0", host="a") + gpus("0", host="b"))[0] == "nccl"
+
+
+@pytest.mark.parametrize(
+    ("ranks", "why"),
+    [
+        (gpus("0", None), "rank 1 (on a) has no GPU"),
+        (gpus("0", "1", nccl=False), "NCCL does not load on rank 0"),
+        (gpus("0", "1", "0"), "ranks 0 and 2 share GPU 0 on a"),
+    ],
+)
+def test_mpi_is_chosen_when_nccl_cannot_serve_every_rank(ranks: list, why: str) -> None:
+    kind, reason = choose_kind("auto", ranks)
+    assert kind == "mpi" and why in reason
+    with pytest.raises(RuntimeError, match=re.escape(f"cannot use NCCL: {why}")):
+        choose_kind("nccl", ranks)
+
+
+def test_mpi_can_be_forced_and_unknown_kinds_are_refused() -> None:
+    assert choose_kind("mpi", gpus("0", "1"))[0] == "mpi"
+    with pytest.raises(ValueError, match="one of"):
+        choose_kind("gloo", gpus("0", "1"))
+
+
+@pytest.mark.parametrize(
+    ("spec", "local", "count", "expected"),
+    [
+        ("auto", 5, 4, "cupy:1"),
+        ("cupy", 2, 2, "cupy:0"),
+        ("cupy", 3, 8, "cupy:3"),
+        ("cupy:1", 0, 4, "cupy:1"),  # an explicit device is kept
+        ("numpy", 1, 4, "numpy"),
+        ("auto", 1, 0, "auto"),  # no GPU: "auto" falls back, "cupy" fails with the reason
+        ("cupy", 1, 0, "cupy"),
+    ],
+)
+def test_each_rank_takes_gpu_local_rank_modulo_device_count(
+    spec: str, local: int, count: int, expected: str
+) -> None:
+    assert device_spec_for_rank(spec, local, count) == expected
+
+
+def test_a_single_process_is_a_job_of_one_rank() -> None:
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed; pip install 'gpunn[mpi]'")
+    comm = get_communicator("numpy")
+    assert isinstance(comm, SingleProcess) and (comm.rank, comm.size) == (0, 1)
+    forced = get_communicator("numpy", "mpi")
+    assert isinstance(forced, MPICommunicator) and forced.size == 1
+    buf = np.arange(4.0)
+    assert forced.allreduce_sum(buf) is buf and buf.tolist() == [0, 1, 2, 3]
+
+
+def test_fit_with_a_one_rank_communicator_is_plain_fit() -> None:
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((50, 3)), rng.integers(0, 2, 50)
+
+    def run(comm: Any) -> np.ndarray:
+        model = gpunn.Sequential([gpunn.Dense(3, 4), gpunn.Tanh(), gpunn.Dense(4, 2)], "numpy")
+        kwargs = {"loss": gpunn.SoftmaxCrossEntropy(), "optimizer": gpunn.Adam(1e-2)}
+        model.fit(X, y, epochs=2, batch_size=8, verbose=0, comm=comm, **kwargs)
+        return model.flat_params
+
+    np.testing.assert_array_equal(run(SingleProcess()), run(None))
+
+
+# --------------------------------------------------------------------------------------------
+# Buffer handling with stand-ins for CuPy, MPI and NCCL
+# --------------------------------------------------------------------------------------------
+
+
+class FakeStream:
+    def __init__(self, log: list) -> None:
+        self.ptr, self.log = 1234, log
+
+    def synchronize(self) -> None:
+        self.log.append("sync")
+
+
+class FakeXP:
+    """The bits of ``cupy`` the communicators use."""
+
+    __name__ = "fakecupy"
+
+    def __init__(self, log: list) -> None:
+        stream = FakeStream(log)
+        device = type("Device", (), {"__enter__": lambda s: s, "__exit__": lambda s, *a: None})
+        self.cuda = type(
+            "cuda",
+            (),
+            {
+                "get_current_stream": staticmethod(lambda: stream),
+                "alloc_pinned_memory": staticmethod(lambda n: bytearray(n)),
+                "Device": staticmethod(lambda d=None: device()),
+            },
+        )
+
+
+class FakeDeviceArray:
+    """A device array: host code may only reach its values through get/set."""
+
+    def __init__(self, values: np.ndarray, log: list) -> None:
+        self._a, self.log = values, log
+        self.shape, self.dtype, self.size = values.shape, values.dtype, values.size
+        self.nbytes, self.flags = values.nbytes, values.flags
+        self.data = type("MemoryPointer", (), {"ptr": 0xD0})()
+
+    @property
+    def __cuda_array_interface__(self) -> dict:
+        return {"shape": self.shape, "typestr": self.dtype.str, "data": (0xD0, False)}
+
+    def get(self, out: np.ndarray) -> np.ndarray:
+        self.log.append(("get", id(out)))
+        out[...] = self._a
+        return out
+
+    def set(self, host: np.ndarray) -> None:
+        self.log.append(("set", id(host)))
+        self._a[...] = host
+
+
+class FakeMPIComm:
+    """A two-rank MPI communicator seen from rank 0, whose partner holds the same values."""
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def Get_rank(self) -> int:
+        return 0
+
+    def Get_size(self) -> int:
+        return 2
+
+    def Split_type(self, *args: Any, **kwargs: Any) -> FakeMPIComm:
+        return self
+
+    def Free(self) -> None:
+        pass
+
+    def Allreduce(self, sendbuf: Any, recvbuf: Any, op: Any = None) -> None:
+        self.log.append(("Allreduce", type(recvbuf).__name__))
+        if isinstance(recvbuf, np.ndarray):
+            recvbuf *= 2  # the sum with an identical partner
+
+    def Bcast(self, buf: Any, root: int = 0) -> None:
+        self.log.append(("Bcast", type(buf).__name__))
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        self.log.append(("bcast", obj))
+        return obj
+
+
+@pytest.fixture
+def mpi_needed() -> None:
+    pytest.importorskip("mpi4py", reason="mpi4py is not installed; pip install 'gpunn[mpi]'")
+
+
+def test_device_buffers_are_staged_through_reused_host_memory(mpi_needed: None) -> None:
+    log: list = []
+    comm = MPICommunicator(FakeMPIComm(log), xp=FakeXP(log), cuda_aware=False)
+    buf = FakeDeviceArray(np.arange(6, dtype=np.float32), log)
+    assert comm.allreduce_sum(buf) is buf
+    np.testing.assert_array_equal(buf._a, 2 * np.arange(6, dtype=np.float32))
+    assert log[0] == "sync"  # the stream is drained before MPI touches anything
+    assert [entry[0] for entry in log[1:]] == ["get", "Allreduce", "set"]
+    assert log[2] == ("Allreduce", "ndarray")  # MPI saw a host array, not the device buffer
+    staged = log[1][1]
+    comm.allreduce_sum(buf)
+    assert log[-3] == ("get", staged) and log[-1] == ("set", staged)  # same host buffer
+
+
+def test_cuda_aware_mpi_gets_the_device_buffer_after_a_stream_sync(mpi_needed: None) -> None:
+    log: list = []
+    comm = MPICommunicator(FakeMPIComm(log), xp=FakeXP(log), cuda_aware=True)
+    buf = FakeDeviceArray(np.ones(3), log)
+    comm.allreduce_sum(buf)
+    comm.bcast(buf)
+    assert log == ["sync", ("Allreduce", "FakeDeviceArray"), "sync", ("Bcast", "FakeDeviceArray")]
+
+
+def test_cuda_aware_mpi_is_switched_on_by_the_environment(
+    mpi_needed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(distributed.CUDA_AWARE_ENV, "1")
+    assert MPICommunicator(FakeMPIComm([]), xp=FakeXP([])).cuda_aware
+    monkeypatch.setenv(distributed.CUDA_AWARE_ENV, "0")
+    assert not MPICommunicator(FakeMPIComm([]), xp=FakeXP([])).cuda_aware
+
+
+def test_non_contiguous_buffers_are_refused(mpi_needed: None) -> None:
+    comm = MPICommunicator(FakeMPIComm([]), xp=FakeXP([]))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        comm.allreduce_sum(np.zeros((4, 4))[:, 1])
+
+
+class FakeNccl:
+    """The bits of ``cupy.cuda.nccl`` the NCCL communicator uses."""
+
+    available = True
+    NCCL_INT32, NCCL_INT64, NCCL_FLOAT32, NCCL_FLOAT64 = 2, 4, 7, 8
+    NCCL_SUM, NCCL_MAX = 0, 2
+
+    def __init__(self) -> None:
+        self.calls: list = []
+        outer = self
+
+        class NcclCommunicator:
+            def __init__(self, ndev: int, uid: Any, rank: int) -> None:
+                outer.calls.append(("init", ndev, uid, rank))
+
+            def allReduce(self, *args: Any) -> None:
+                outer.calls.append(("allReduce", *args))
+
+            def bcast(self, *args: Any) -> None:
+                outer.calls.append(("bcast", *args))
+
+        self.NcclCommunicator = NcclCommunicator
+
+    def get_unique_id(self) -> tuple:
+        return (1, 2, 3)
+
+
+def nccl_comm(log: list) -> tuple[NCCLCommunicator, FakeNccl]:
+    nccl = FakeNccl()
+    backend = gpunn.Backend("cupy", 0, FakeXP(log))
+    return NCCLCommunicator(FakeMPIComm(log), backend, nccl=nccl), nccl
+
+
+def test_nccl_unique_id_comes_from_rank_0_over_mpi(mpi_needed: None) -> None:
+    log: list = []
+    _, nccl = nccl_comm(log)
+    assert ("bcast", (1, 2, 3)) in log
+    assert nccl.calls == [("init", 2, (1, 2, 3), 0)]
+
+
+@pytest.mark.parametrize(("dtype", "code"), [("float32", 7), ("float64", 8), ("int64", 4)])
+def test_nccl_reduces_the_whole_buffer_in_place_on_the_current_stream(
+    mpi_needed: None, dtype: str, code: int
+) -> None:
+    log: list = []
+    comm, nccl = nccl_comm(log)
+    buf = FakeDeviceArray(np.zeros(10, dtype=dtype), log)
+    assert comm.allreduce_sum(buf) is buf
+    comm.allreduce_max(buf)
+    comm.bcast(buf, root=0)
+    assert nccl.calls[1:] == [
+        ("allReduce", 0xD0, 0xD0, 10, code, FakeNccl.NCCL_SUM, 1234),
+        ("allReduce", 0xD0, 0xD0, 10, code, FakeNccl.NCCL_MAX, 1234),
+        ("bcast", 0xD0, 10, code, 0, 1234),
+    ]
+    assert "sync" not in log  # NCCL is ordered on the stream: no host wait is needed
+
+
+def test_nccl_sends_host_buffers_through_mpi(mpi_needed: None) -> None:
+    log: list = []
+    comm, nccl = nccl_comm(log)
+    stats = np.ones(3)
+    comm.allreduce_sum(stats)
+    np.testing.assert_array_equal(stats, [2, 2, 2])
+    assert len(nccl.calls) == 1  # only the init
+
+
+def test_nccl_refuses_unsupported_and_non_contiguous_buffers(mpi_needed: None) -> None:
+    comm, _ = nccl_comm([])
+    with pytest.raises(ValueError, match="float16"):
+        comm.allreduce_sum(FakeDeviceArray(np.zeros(4, dtype=np.float16), []))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        comm.allreduce_sum(FakeDeviceArray(np.zeros((4, 4))[:, 0], []))
+
+
+# --------------------------------------------------------------------------------------------
+# On a GPU
+# --------------------------------------------------------------------------------------------
+
+
+def _gpu_count() -> int:
+    usable, reason, _ = gpunn.backend._probe_cupy(0)
+    if not usable:
+        pytest.skip(f"CuPy backend unavailable: {reason}")
+    return distributed._gpu_count()
+
+
+@pytest.mark.gpu
+def test_nccl_communicator_on_a_real_gpu(mpi_needed: None) -> None:
+    _gpu_count()
+    from mpi4py import MPI
+
+    backend = gpunn.get_backend("cupy:0")
+    if not distributed._nccl_module(backend.xp).available:
+        pytest.skip("NCCL does not load here (pip install nvidia-nccl-cu13)")
+    comm = NCCLCommunicator(MPI.COMM_SELF, backend)
+    for dtype in ("float32", "float64"):
+        buf = backend.xp.arange(1000, dtype=dtype)
+        comm.allreduce_sum(buf)
+        comm.bcast(buf)
+        comm.barrier()
+        np.testing.assert_array_equal(backend.to_numpy(buf), np.arange(1000, dtype=dtype))
+
+
+@pytest.mark.gpu
+def test_two_ranks_on_gpus_train_the_same_weights_as_one_process(tmp_path: Path) -> None:
+    count = _gpu_count()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        nccl = distributed._nccl_module(gpunn.get_backend("cupy:0").xp).available
+    done, _ = mpirun(
+        [str(MPI_SCRIPTS / "train_equiv.py"), str(tmp_path), "cupy"], cwd=tmp_path, backend="cupy"
+    )
+    assert done.returncode == 0, output(done)
+    # one GPU: both ranks share it, which NCCL refuses, so CuPy buffers go through MPI
+    kind = (tmp_path / "comm.txt").read_text().split()[0]
+    assert kind == ("nccl" if count >= 2 and nccl else "mpi")
+    for case in CASES:
+        ref, rank0, rank1 = (load(tmp_path, case, w) for w in ("reference", "rank0", "rank1"))
+        np.testing.assert_allclose(rank0["params"], ref["params"], rtol=RTOL[case], atol=0)
+        np.testing.assert_array_equal(rank0["params"], rank1["params"])
+        assert set(rank0["reads"].tolist()) == {1}

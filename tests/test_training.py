@@ -1,0 +1,672 @@
+"""Tests for gpunn.training: fit/evaluate/predict, batch order, device-resident data and Dropout."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+import gpunn
+from gpunn import backend as backend_module
+from gpunn import training
+from gpunn.callbacks import Callback
+from gpunn.errors import NonFiniteLossError
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+N, D, C = 50, 3, 3  # samples, features, classes of the small problem used throughout
+
+
+def make_data(n: int = N, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """X float64 (n, 3) and class ids (n,) in [0, 3) that a small network can partly learn."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, D))
+    y = (np.digitize(X[:, 0] + 0.5 * X[:, 1], [-0.5, 0.5])).astype(np.int64)
+    return X, y
+
+
+def make_model(backend: Any = "numpy", seed: int = 0, dtype: str = "float64") -> gpunn.Sequential:
+    return gpunn.Sequential(
+        [gpunn.Dense(D, 8), gpunn.Tanh(), gpunn.Dense(8, C)],
+        backend=backend,
+        dtype=dtype,
+        seed=seed,
+    )
+
+
+def host(model: gpunn.Sequential) -> np.ndarray:
+    """A host copy of all the model's parameters."""
+    return model.backend.to_numpy(model.flat_params).copy()
+
+
+def reference_logits(params: dict[str, np.ndarray], X: np.ndarray) -> np.ndarray:
+    """Dense -> Tanh -> Dense in plain NumPy (an oracle independent of gpunn's layers)."""
+    return np.tanh(X @ params["0.W"] + params["0.b"]) @ params["2.W"] + params["2.b"]
+
+
+def reference_cross_entropy(logits: np.ndarray, y: np.ndarray) -> float:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-log_p[np.arange(len(y)), y].mean())
+
+
+class Recorder(Callback):
+    """Keeps a host copy of the weights at the end of every epoch (epoch -> flat params)."""
+
+    def __init__(self) -> None:
+        self.weights: dict[int, np.ndarray] = {}
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.weights[epoch] = host(self.model)
+
+
+def fit_small(model: gpunn.Sequential, X: Any = None, y: Any = None, **kwargs: Any) -> Any:
+    if X is None:
+        X, y = make_data()
+    options: dict[str, Any] = {
+        "loss": gpunn.SoftmaxCrossEntropy(),
+        "optimizer": gpunn.SGD(0.1, momentum=0.9),
+        "epochs": 3,
+        "batch_size": 8,
+        "verbose": 0,
+    }
+    options.update(kwargs)
+    return model.fit(X, y, **options)
+
+
+def manual_train(
+    model: gpunn.Sequential,
+    X: np.ndarray,
+    y: np.ndarray,
+    orders: list[np.ndarray],
+    batch_size: int,
+    optimizer: gpunn.Optimizer,
+) -> None:
+    """The training loop written out by hand: one epoch per order, batches in that order."""
+    loss = gpunn.SoftmaxCrossEntropy()
+    for order in orders:
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            loss.forward(model.forward(X[idx]), model.backend.asarray(y[idx]))
+            model.backward(loss.backward())
+            optimizer.step(model)
+
+
+# --------------------------------------------------------------------------------------------
+# fit: the History
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("on_device", [False, True], ids=["host-arrays", "backend-arrays"])
+def test_fit_returns_a_history_of_per_epoch_metrics(
+    backend: gpunn.Backend, on_device: bool
+) -> None:
+    X, y = make_data()
+    Xv, yv = make_data(20, seed=1)
+    if on_device:
+        X, y, Xv, yv = (backend.asarray(a) for a in (X, y, Xv, yv))
+    model = make_model(backend)
+    optimizer = gpunn.SGD(0.1, momentum=0.9)
+    history = fit_small(model, X, y, epochs=4, optimizer=optimizer, validation_data=(Xv, yv))
+
+    assert isinstance(history, training.History)
+    assert history.epoch == [1, 2, 3, 4]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds"):
+        assert len(history[key]) == 4, key
+        assert all(isinstance(v, float) and math.isfinite(v) for v in history[key]), key
+    assert len(history.history["samples_per_second"]) == 4
+    for accuracies, n in ((history["accuracy"], N), (history["val_accuracy"], 20)):
+        for acc in accuracies:  # a share of correctly classified samples
+            assert 0.0 <= acc <= 1.0
+            assert acc * n == pytest.approx(round(acc * n), abs=1e-9)
+    assert all(s > 0 for s in history["epoch_seconds"])
+    for seconds, rate in zip(history["epoch_seconds"], history["samples_per_second"], strict=True):
+        assert rate == pytest.approx(N / seconds, rel=1e-9)
+    assert history["loss"][-1] < history["loss"][0]  # it learns
+    # the validation metrics are those of evaluate() on the final weights
+    final = model.evaluate(Xv, yv, loss=gpunn.SoftmaxCrossEntropy())
+    assert history["val_loss"][-1] == pytest.approx(final["loss"], rel=1e-12)
+    assert history["val_accuracy"][-1] == pytest.approx(final["accuracy"], rel=1e-12)
+
+
+def test_history_without_validation_has_no_val_metrics() -> None:
+    history = fit_small(make_model(), epochs=2)
+    assert "val_loss" not in history.history and "val_accuracy" not in history.history
+    assert len(history["loss"]) == len(history["accuracy"]) == 2
+
+
+def test_one_batch_epoch_loss_is_the_mean_loss_before_that_epochs_step() -> None:
+    X, y = make_data()
+    model = make_model()
+    p0 = {k: v.copy() for k, v in model.state_dict().items()}
+    snapshots: list[dict[str, np.ndarray]] = []
+
+    class Snap(Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+            snapshots.append({k: v.copy() for k, v in self.model.state_dict().items()})
+
+    history = fit_small(model, X, y, epochs=3, batch_size=N, callbacks=[Snap()], shuffle=False)
+    # epoch e's loss is the loss of the weights it starts from, over all N samples
+    starts = [p0, *snapshots[:-1]]
+    for e, params in enumerate(starts):
+        logits = reference_logits(params, X)
+        assert history["loss"][e] == pytest.approx(reference_cross_entropy(logits, y), rel=1e-12)
+        assert history["accuracy"][e] == pytest.approx(np.mean(logits.argmax(1) == y), abs=1e-15)
+
+
+def test_epoch_loss_weights_each_batch_by_its_size() -> None:
+    """With lr 0 every epoch sees the same weights: its loss must be the plain mean over all N
+    samples, although the batches (8, 8, ..., 2) differ in size."""
+    X, y = make_data()
+    model = make_model()
+    logits = reference_logits(model.state_dict(), X)
+    history = fit_small(model, X, y, optimizer=gpunn.SGD(0.0), batch_size=8, epochs=2)
+    for value in history["loss"]:
+        assert value == pytest.approx(reference_cross_entropy(logits, y), rel=1e-12)
+    for value in history["accuracy"]:
+        assert value == pytest.approx(np.mean(logits.argmax(1) == y), abs=1e-15)
+
+
+def test_zero_epochs_changes_nothing() -> None:
+    model = make_model()
+    before = host(model)
+    history = fit_small(model, epochs=0)
+    assert history.epoch == [] and history.history == {}
+    np.testing.assert_array_equal(host(model), before)
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate and predict
+# --------------------------------------------------------------------------------------------
+
+
+def test_evaluate_gives_loss_and_accuracy_without_changing_weights(backend: gpunn.Backend) -> None:
+    X, y = make_data()
+    model = make_model(backend)
+    fit_small(model, epochs=2)
+    before = host(model)
+    result = model.evaluate(backend.asarray(X), backend.asarray(y))  # default loss: softmax CE
+    logits = reference_logits(model.state_dict(), X)
+    assert set(result) == {"loss", "accuracy"}
+    assert result["loss"] == pytest.approx(reference_cross_entropy(logits, y), rel=1e-12)
+    assert result["accuracy"] == pytest.approx(np.mean(logits.argmax(1) == y), abs=1e-15)
+    np.testing.assert_array_equal(host(model), before)
+
+
+def test_evaluate_does_not_depend_on_its_inference_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    X, y = make_data()
+    model = make_model()
+    whole = model.evaluate(X, y)
+    monkeypatch.setattr(training, "_predict_batch", lambda model: 7)  # 50 = 7 * 7 + 1
+    sliced = model.evaluate(X, y)
+    assert sliced["loss"] == pytest.approx(whole["loss"], rel=1e-12)
+    assert sliced["accuracy"] == whole["accuracy"]
+
+
+def test_evaluate_binary_and_regression_models() -> None:
+    X, y = make_data()
+    binary = gpunn.Sequential([gpunn.Dense(D, 1)], backend="numpy", dtype="float64", seed=0)
+    labels = (y > 0).astype(np.int64)
+    result = binary.evaluate(X, labels)  # default loss for one output: binary cross-entropy
+    z = X @ binary.params["0.W"] + binary.params["0.b"]
+    p = 1 / (1 + np.exp(-z[:, 0]))
+    bce = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    assert result["loss"] == pytest.approx(bce, rel=1e-10)
+    assert result["accuracy"] == pytest.approx(np.mean((z[:, 0] > 0) == labels), abs=1e-15)
+
+    target = X.sum(axis=1)
+    mse = binary.evaluate(X, target, loss=gpunn.MeanSquaredError())
+    assert set(mse) == {"loss"}  # no accuracy for a regression loss
+    assert mse["loss"] == pytest.approx(np.mean((z[:, 0] - target) ** 2), rel=1e-10)
+
+
+def test_predict_gives_inference_outputs_on_the_backend(backend: gpunn.Backend) -> None:
+    X, _ = make_data()
+    model = make_model(backend)
+    out = model.predict(X)
+    assert isinstance(out, backend.xp.ndarray)
+    assert out.shape == (N, C)
+    expected = reference_logits(model.state_dict(), X)
+    np.testing.assert_allclose(backend.to_numpy(out), expected, rtol=1e-12, atol=1e-12)
+    for batch_size in (1, 7, N, 1000):
+        batched = backend.to_numpy(model.predict(backend.asarray(X), batch_size=batch_size))
+        np.testing.assert_allclose(batched, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_predict_returns_a_new_array_each_call() -> None:
+    X, _ = make_data()
+    model = make_model()
+    first = model.predict(X[:10])
+    kept = first.copy()
+    model.predict(X[10:20])
+    model.forward(X[20:30])
+    np.testing.assert_array_equal(first, kept)
+
+
+# --------------------------------------------------------------------------------------------
+# Batch order: a host generator seeded by `seed`
+# --------------------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_the_same_history_and_weights(backend: gpunn.Backend) -> None:
+    runs = []
+    for _ in range(2):
+        model = make_model(backend)
+        history = fit_small(model, seed=5)
+        runs.append((history, host(model)))
+    (h1, w1), (h2, w2) = runs
+    for key in ("loss", "accuracy", "lr"):
+        assert h1[key] == h2[key], key
+    np.testing.assert_array_equal(w1, w2)
+
+
+def test_different_seeds_give_different_batch_orders() -> None:
+    weights = []
+    for seed in (1, 2):
+        model = make_model()
+        fit_small(model, seed=seed)
+        weights.append(host(model))
+    assert not np.array_equal(weights[0], weights[1])
+
+
+def test_default_seed_is_the_models_seed() -> None:
+    a, b = make_model(seed=4), make_model(seed=4)
+    fit_small(a)
+    fit_small(b, seed=4)
+    np.testing.assert_array_equal(host(a), host(b))
+
+
+def test_batch_order_is_a_permutation_from_a_host_generator_seeded_per_epoch() -> None:
+    X, y = make_data()
+    model = make_model()
+    fit_small(model, X, y, seed=11, epochs=3, batch_size=8, optimizer=gpunn.SGD(0.1, momentum=0.9))
+
+    # as documented in fit: epoch e is shuffled by numpy.random.default_rng((seed, e))
+    orders = [np.random.default_rng((11, e)).permutation(N) for e in (1, 2, 3)]
+    by_hand = make_model()
+    manual_train(by_hand, X, y, orders, 8, gpunn.SGD(0.1, momentum=0.9))
+    np.testing.assert_array_equal(host(model), host(by_hand))
+
+    # the check can tell orders apart: the same batches in another order end elsewhere
+    other = make_model()
+    manual_train(other, X, y, [o[::-1] for o in orders], 8, gpunn.SGD(0.1, momentum=0.9))
+    assert not np.array_equal(host(model), host(other))
+
+
+def test_shuffle_false_takes_samples_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    X, y = make_data()
+    model = make_model()
+    seen: list[np.ndarray] = []
+    original = training.DeviceData.batches
+
+    def spy(self: training.DeviceData, order: Any, batch_size: int) -> Any:
+        seen.append(np.array(order))
+        return original(self, order, batch_size)
+
+    monkeypatch.setattr(training.DeviceData, "batches", spy)
+    fit_small(model, X, y, shuffle=False, epochs=2, seed=3)
+    assert len(seen) == 2
+    for order in seen:
+        np.testing.assert_array_equal(order, np.arange(N))
+
+    by_hand = make_model()
+    manual_train(by_hand, X, y, [np.arange(N)] * 2, 8, gpunn.SGD(0.1, momentum=0.9))
+    np.testing.assert_array_equal(host(model), host(by_hand))
+
+
+def test_a_run_resumed_with_initial_epoch_continues_the_uninterrupted_run() -> None:
+    X, y = make_data()
+    whole = make_model()
+    fit_small(whole, X, y, seed=2, epochs=3, optimizer=gpunn.SGD(0.1, momentum=0.9))
+
+    resumed = make_model()
+    optimizer = gpunn.SGD(0.1, momentum=0.9)
+    fit_small(resumed, X, y, seed=2, epochs=2, optimizer=optimizer)
+    history = fit_small(resumed, X, y, seed=2, epochs=1, optimizer=optimizer, initial_epoch=2)
+    assert history.epoch == [3]
+    np.testing.assert_array_equal(host(resumed), host(whole))
+
+
+# --------------------------------------------------------------------------------------------
+# The data moves to the device once; chunks when it does not fit
+# --------------------------------------------------------------------------------------------
+
+
+def count_calls(monkeypatch: pytest.MonkeyPatch, obj: Any, name: str) -> list[Any]:
+    """Replace obj.name with a wrapper that records its first argument; returns the record."""
+    calls: list[Any] = []
+    original = getattr(obj, name)
+
+    def wrapper(a: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(a)
+        return original(a, *args, **kwargs)
+
+    monkeypatch.setattr(obj, name, wrapper)
+    return calls
+
+
+def test_the_dataset_is_moved_to_the_device_once(
+    backend: gpunn.Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    X, y = make_data()
+    model = make_model(backend)
+    moved = count_calls(monkeypatch, backend, "asarray")
+    fit_small(model, X, y, epochs=3, batch_size=8)
+    whole_x = [a for a in moved if getattr(a, "shape", None) == (N, D)]
+    whole_y = [a for a in moved if getattr(a, "shape", None) == (N,) and a.dtype.kind in "iu"]
+    assert len(whole_x) == 1  # X once, not per epoch or per batch
+    # y once, plus one (N,) index order per epoch (host ints, 8 bytes a sample)
+    assert len(whole_y) == 1 + 3
+
+
+def fits_in(backend: gpunn.Backend, monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
+    """Make the device report just enough free memory for `rows` rows of X (float64) + label."""
+    row_bytes = D * 8 + 8
+    free = math.ceil(rows * row_bytes / training.DEVICE_MEMORY_SHARE)
+    monkeypatch.setattr(backend, "free_memory", lambda: free)
+
+
+@pytest.mark.parametrize("rows", [16, 40, 37, 1], ids=lambda r: f"chunk{r}")
+def test_chunked_run_matches_the_all_at_once_run(
+    backend: gpunn.Backend, monkeypatch: pytest.MonkeyPatch, rows: int
+) -> None:
+    """Data that does not fit is streamed in chunks, and training is bitwise the same: the same
+    batches, in the same order, whatever the chunk size (batch size 8, N = 50)."""
+    X, y = make_data()
+    reference = make_model(backend)
+    ref_history = fit_small(reference, X, y, seed=7, epochs=2, batch_size=8)
+
+    fits_in(backend, monkeypatch, rows)
+    moved = count_calls(monkeypatch, backend, "asarray")
+    model = make_model(backend)
+    history = fit_small(model, X, y, seed=7, epochs=2, batch_size=8)
+
+    assert not any(getattr(a, "shape", (0,))[0] == N and a.ndim == 2 for a in moved)
+    np.testing.assert_array_equal(host(model), host(reference))
+    assert history["loss"] == ref_history["loss"]
+    assert history["accuracy"] == ref_history["accuracy"]
+
+
+# --------------------------------------------------------------------------------------------
+# No host/device synchronisation per batch
+# --------------------------------------------------------------------------------------------
+
+
+def test_one_read_to_the_host_per_epoch(
+    backend: gpunn.Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = make_model(backend)
+    reads = count_calls(monkeypatch, backend, "to_numpy")
+    fit_small(model, epochs=4, batch_size=8)  # 7 batches an epoch
+    assert len(reads) == 4
+
+
+_GUARD = {"on": False, "reads": 0}
+
+
+class GuardedArray(np.ndarray):
+    """A NumPy array that plays a device array: converting it to a Python number inside an
+    epoch (float(), int(), bool(), .item(), .tolist()) fails the test."""
+
+    def _host_read(self) -> None:
+        if _GUARD["on"]:
+            raise AssertionError("a device value was read on the host inside an epoch")
+
+    def __float__(self) -> float:
+        self._host_read()
+        return float(self.view(np.ndarray))
+
+    def __int__(self) -> int:
+        self._host_read()
+        return int(self.view(np.ndarray))
+
+    def __index__(self) -> int:
+        self._host_read()
+        return self.view(np.ndarray).__index__()
+
+    def __bool__(self) -> bool:
+        self._host_read()
+        return bool(self.view(np.ndarray))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # a device-to-device copy (NumPy itself would take a 0-d value through __float__)
+        if isinstance(value, GuardedArray):
+            value = value.view(np.ndarray)
+        super().__setitem__(key, value)
+
+    def item(self, *args: Any) -> Any:
+        self._host_read()
+        return self.view(np.ndarray).item(*args)
+
+    def tolist(self) -> Any:
+        self._host_read()
+        return self.view(np.ndarray).tolist()
+
+
+# gpunn.backend.namespace() maps arrays of a "cupy" module to the device array module
+GuardedArray.__module__ = "cupy._guarded_for_tests"
+
+
+def _guard(result: Any) -> Any:
+    if type(result) is np.ndarray:
+        return result.view(GuardedArray)
+    if isinstance(result, tuple):
+        return tuple(_guard(r) for r in result)
+    return result
+
+
+class GuardedXP:
+    """numpy, but every array it makes is a GuardedArray."""
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(np, name)
+        if callable(attr) and not isinstance(attr, type):
+            return lambda *args, **kwargs: _guard(attr(*args, **kwargs))
+        return attr
+
+
+class GuardedBackend(gpunn.Backend):
+    """A NumPy-based backend whose arrays refuse host reads while an epoch runs; ``to_numpy``
+    (the sanctioned transfer) is counted and ends the guarded stretch."""
+
+    def __init__(self) -> None:
+        super().__init__("numpy", None, GuardedXP())
+
+    def asarray(self, a: Any, dtype: Any = None) -> Any:
+        return np.asarray(a, dtype=dtype).view(GuardedArray)
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        _GUARD["on"] = False
+        _GUARD["reads"] += 1
+        return np.array(np.asarray(a))
+
+
+class GuardEpochs(Callback):
+    def on_epoch_begin(self, epoch: int) -> None:
+        _GUARD["on"] = True
+
+
+@pytest.fixture
+def guarded(monkeypatch: pytest.MonkeyPatch) -> Callable[..., gpunn.Sequential]:
+    monkeypatch.setattr(backend_module, "_import_cupy", GuardedXP)
+    monkeypatch.setitem(_GUARD, "on", False)
+    monkeypatch.setitem(_GUARD, "reads", 0)
+
+    def make(*layers: gpunn.Layer) -> gpunn.Sequential:
+        layers = layers or (gpunn.Dense(D, 8), gpunn.Tanh(), gpunn.Dense(8, C))
+        return gpunn.Sequential(list(layers), backend=GuardedBackend(), dtype="float64", seed=0)
+
+    return make
+
+
+@pytest.mark.parametrize(
+    ("layers", "loss", "optimizer"),
+    [
+        ("tanh", gpunn.SoftmaxCrossEntropy, lambda: gpunn.SGD(0.1, momentum=0.9)),
+        ("dropout", gpunn.SoftmaxCrossEntropy, lambda: gpunn.Adam(1e-2)),
+        ("binary", gpunn.BinaryCrossEntropy, lambda: gpunn.AdamW(1e-2)),
+    ],
+)
+def test_no_device_value_is_read_on_the_host_during_an_epoch(
+    guarded: Callable[..., gpunn.Sequential], layers: str, loss: Any, optimizer: Any
+) -> None:
+    X, y = make_data()
+    if layers == "tanh":
+        model = guarded()
+    elif layers == "dropout":
+        model = guarded(gpunn.Dense(D, 8), gpunn.ReLU(), gpunn.Dropout(0.3), gpunn.Dense(8, C))
+    else:
+        model = guarded(gpunn.Dense(D, 4), gpunn.Sigmoid(), gpunn.Dense(4, 1))
+        y = (y > 0).astype(np.int64)
+    _GUARD["reads"] = 0  # building the model moved its initial weights
+    history = model.fit(
+        X,
+        y,
+        loss=loss(),
+        optimizer=optimizer(),
+        epochs=3,
+        batch_size=8,
+        verbose=0,
+        callbacks=[GuardEpochs()],
+    )
+    assert _GUARD["reads"] == 3  # exactly the one read per epoch
+    assert len(history["loss"]) == 3 and all(math.isfinite(v) for v in history["loss"])
+
+
+def test_the_guard_catches_a_host_read(guarded: Callable[..., gpunn.Sequential]) -> None:
+    """The guarded run above proves something: a float() of a device value is caught."""
+    model = guarded()
+
+    class ReadsLoss(gpunn.SoftmaxCrossEntropy):
+        def forward(self, logits: Any, y: Any) -> Any:
+            value = super().forward(logits, y)
+            float(value)  # a per-batch synchronisation
+            return value
+
+    with pytest.raises(AssertionError, match="read on the host"):
+        fit_small(model, loss=ReadsLoss(), callbacks=[GuardEpochs()])
+
+
+# --------------------------------------------------------------------------------------------
+# Non-finite loss
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_huge_learning_rate_raises_non_finite_loss_error() -> None:
+    X, y = make_data(100)
+    model = gpunn.Sequential(
+        [gpunn.Dense(D, 8), gpunn.ReLU(), gpunn.Dense(8, C)], backend="numpy", seed=0
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(NonFiniteLossError) as info:
+            model.fit(
+                X,
+                y,
+                loss=gpunn.SoftmaxCrossEntropy(),
+                optimizer=gpunn.SGD(1e30),
+                epochs=3,
+                batch_size=10,
+                shuffle=False,
+                verbose=0,
+            )
+    err = info.value
+    assert isinstance(err, ArithmeticError)
+    # batch 1 is computed with the initial weights; its step with lr 1e30 breaks batch 2
+    assert (err.epoch, err.batch) == (1, 2)
+    assert "epoch 1" in str(err) and "batch 2" in str(err)
+    assert not math.isfinite(err.value)
+
+
+def test_non_finite_loss_names_the_first_bad_batch_of_the_epoch() -> None:
+    X, y = make_data()
+
+    class Poison(Callback):
+        def on_epoch_begin(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def on_batch_begin(self, batch: int) -> None:
+            if self.epoch == 2 and batch == 4:
+                self.model.flat_params[...] = np.nan
+
+    with pytest.raises(NonFiniteLossError) as info:
+        fit_small(make_model(), X, y, epochs=3, callbacks=[Poison()])
+    assert (info.value.epoch, info.value.batch) == (2, 5)  # batch numbers count from 1
+    assert "epoch 2, batch 5" in str(info.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Dropout
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_dropout_is_inverted_dropout(backend: gpunn.Backend, p: float) -> None:
+    model = gpunn.Sequential([gpunn.Dropout(p)], backend=backend, dtype="float64", seed=0)
+    x = np.full((400, 250), 3.0)  # 100,000 elements
+    y = backend.to_numpy(model.forward(backend.asarray(x), training=True)).copy()
+    zero = y == 0
+    assert zero.mean() == pytest.approx(p, abs=0.01)
+    np.testing.assert_allclose(y[~zero], 3.0 / (1 - p), rtol=1e-12)  # survivors scaled up
+    assert y.mean() == pytest.approx(3.0, rel=0.03)  # E[y] = x
+    # backward passes the gradient through the same mask
+    dx = backend.to_numpy(model.backward(backend.asarray(np.ones_like(x)), input_grad=True))
+    np.testing.assert_array_equal(dx == 0, zero)
+    np.testing.assert_allclose(dx[~zero], 1 / (1 - p), rtol=1e-12)
+    # a new mask each training step
+    y2 = backend.to_numpy(model.forward(backend.asarray(x), training=True))
+    assert not np.array_equal(y2 == 0, zero)
+
+
+def test_dropout_is_the_identity_in_predict_and_evaluate(backend: gpunn.Backend) -> None:
+    X, y = make_data()
+    dense = [gpunn.Dense(D, 16), gpunn.ReLU(), gpunn.Dense(16, C)]
+    with_dropout = gpunn.Sequential(
+        [dense[0], dense[1], gpunn.Dropout(0.5), dense[2]], backend=backend, dtype="float64"
+    )
+    plain = gpunn.Sequential(
+        [gpunn.Dense(D, 16), gpunn.ReLU(), gpunn.Dense(16, C)], backend=backend, dtype="float64"
+    )
+    plain.load_state_dict(
+        {
+            "0.W": with_dropout.params["0.W"],
+            "0.b": with_dropout.params["0.b"],
+            "2.W": with_dropout.params["3.W"],
+            "2.b": with_dropout.params["3.b"],
+        }
+    )
+    np.testing.assert_array_equal(
+        backend.to_numpy(with_dropout.predict(X)), backend.to_numpy(plain.predict(X))
+    )
+    assert with_dropout.evaluate(X, y) == plain.evaluate(X, y)
+    assert with_dropout.evaluate(X, y) == with_dropout.evaluate(X, y)  # no randomness
+
+
+def test_fit_with_dropout_learns() -> None:
+    X, y = make_data(200)
+    model = gpunn.Sequential(
+        [gpunn.Dense(D, 32), gpunn.ReLU(), gpunn.Dropout(0.2), gpunn.Dense(32, C)],
+        backend="numpy",
+        dtype="float64",
+        seed=0,
+    )
+    before = model.evaluate(X, y)
+    history = model.fit(
+        X,
+        y,
+        loss=gpunn.SoftmaxCrossEntropy(),
+        optimizer=gpunn.Adam(1e-2),
+        epochs=20,
+        batch_size=16,
+        verbose=0,
+    )
+    after = model.evaluate(X, y)
+    assert all(math.isfinite(v) for v in history["loss"])
+    assert after["loss"] < 0.5 * before["loss"]
+    assert after["accuracy"] > 0.85
