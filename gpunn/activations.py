@@ -25,7 +25,10 @@ def relu_forward(z: Array, *, xp: Any, out: Array | None = None) -> Array:
 
 
 def relu_backward(da: Array, z: Array, *, xp: Any, out: Array | None = None) -> Array:
-    """dz = da * 1[z > 0]  (the kink at 0 takes derivative 0, as PyTorch does)."""
+    """dz = da * 1[z > 0]  (the kink at 0 takes derivative 0, as PyTorch does).
+
+    ``z`` may be the forward's input or its output a = max(z, 0): both are > 0 at the same places.
+    """
     return xp.multiply(da, z > 0, out=out)
 
 
@@ -100,17 +103,27 @@ def _into(result: Array, out: Array | None) -> Array:
 
 
 class ReLU(Layer):
-    """Rectified linear unit. Dense layers feeding it get He initialisation."""
+    """Rectified linear unit. Dense layers feeding it get He initialisation.
+
+    Between two Dense layers of a Sequential it works in place on their scratch arrays: a
+    training forward overwrites z (the previous Dense's output) with a, and backward masks the
+    incoming gradient (the next Dense's dx) instead of writing new arrays. That is two arrays
+    of the batch's size less to stream through memory per step. Backward only needs where
+    z > 0, which is where a > 0. An inference forward leaves z intact (readable as ``z``).
+    """
 
     kind = "ReLU"
     init_hint = "he"
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        self.z = x
-        return relu_forward(x, xp=self.xp, out=self.workspace("a", x.shape))
+        self.z = x  # in place, x then holds a, which is positive exactly where z was
+        in_place = training and self.may_overwrite_x
+        out = x if in_place else self.workspace("a", x.shape)
+        return relu_forward(x, xp=self.xp, out=out)
 
     def backward(self, dy: Array, *, need_dx: bool = True) -> Array:
-        return relu_backward(dy, self.z, xp=self.xp, out=self.workspace("dz", dy.shape))
+        out = dy if self.may_overwrite_dy else self.workspace("dz", dy.shape)
+        return relu_backward(dy, self.z, xp=self.xp, out=out)
 
 
 class LeakyReLU(Layer):

@@ -19,6 +19,12 @@ class Layer:
     kind: ClassVar[str] = "Layer"
     #: how a Dense layer *before* this one should be initialised ("he" or "glorot")
     init_hint: ClassVar[str | None] = None
+    #: forward returns a workspace of this layer that it never reads again, so the layer
+    #: after it may overwrite that output in place (see ``Sequential``)
+    returns_scratch_output: ClassVar[bool] = False
+    #: backward returns a workspace of this layer that it never reads again, so the layer
+    #: before may overwrite that gradient in place
+    returns_scratch_grad: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.xp: Any = None
@@ -26,6 +32,10 @@ class Layer:
         self.params: dict[str, Array] = {}
         self.grads: dict[str, Array] = {}
         self._ws: dict[str, Array] = {}
+        #: set by Sequential when forward's input is the previous layer's scratch output, and
+        #: when backward's gradient is the next layer's scratch: a layer may then write over it
+        self.may_overwrite_x = False
+        self.may_overwrite_dy = False
 
     # --- parameters -------------------------------------------------------------------------
     def param_shapes(self) -> dict[str, tuple[int, ...]]:

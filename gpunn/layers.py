@@ -64,6 +64,9 @@ class Dense(Layer):
     """
 
     kind = "Dense"
+    # z and dx are this layer's workspaces and it never reads them again (backward uses x)
+    returns_scratch_output = True
+    returns_scratch_grad = True
 
     def __init__(self, in_features: int, out_features: int, init: str | None = None) -> None:
         super().__init__()

@@ -33,8 +33,10 @@ def softmax_cross_entropy_forward(z: Array, y: Array, *, xp: Any) -> tuple[Array
     target = s[y, xp.arange(n)]  # (N,) shifted logit of the true class
     xp.exp(s, out=s)
     sum_e = s.sum(axis=0)  # (N,), >= 1
-    loss = (xp.log(sum_e) - target).sum() / max(n, 1)
     s /= sum_e  # s becomes softmax(z), class-major
+    log_sum_e = xp.log(sum_e, out=sum_e)
+    log_sum_e -= target  # per-sample loss, computed in place: no temporaries
+    loss = log_sum_e.sum() / max(n, 1)
     return xp.asarray(loss), xp.ascontiguousarray(s.T)
 
 

@@ -120,6 +120,13 @@ class Sequential:
                 {n: self.params[f"{i}.{n}"] for n in names},
                 {n: self.grads[f"{i}.{n}"] for n in names},
             )
+            # Where layer i's input is layer i-1's scratch output, or the gradient it receives
+            # is layer i+1's scratch (never a caller's array), layer i may write over it:
+            # an array of the batch's size less to stream through memory (ReLU does).
+            prev = self.layers[i - 1] if i > 0 else None
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            layer.may_overwrite_x = prev is not None and prev.returns_scratch_output
+            layer.may_overwrite_dy = nxt is not None and nxt.returns_scratch_grad
 
     @property
     def num_params(self) -> int:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +118,30 @@ def test_groups_take_turns_with_a_settle_pause() -> None:
     assert_every_clock_read_follows_a_sync(log.events)
 
 
+def test_callables_timed_together_stop_together() -> None:
+    """A steady callable keeps being timed while a noisy one has not met the rule, so both
+    medians cover the same stretch of time."""
+    log = EventLog()
+    durations = itertools.cycle([1e-3, 3e-3, 2e-3, 5e-3])
+
+    def noisy() -> None:
+        log.now += next(durations)
+
+    entries = [Timed("steady", log.work, log.sync), Timed("noisy", noisy, log.sync)]
+    policy = Policy(
+        warmup_calls=1,
+        warmup_s=0.0,
+        min_repeats=3,
+        target_spread=0.01,
+        budget_s=0.05,
+        min_block_s=0.0,
+    )
+    result = time_interleaved(entries, policy, clock=log.clock)
+    assert result["steady"].converged and not result["noisy"].converged
+    assert abs(result["steady"].repeats - result["noisy"].repeats) <= 1
+    assert result["noisy"].repeats > policy.min_repeats
+
+
 def test_relative_spread_is_iqr_over_median() -> None:
     assert relative_spread([1.0, 1.0, 1.0, 1.0]) == 0.0
     assert relative_spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx((4 - 2) / 3)
@@ -146,6 +172,95 @@ def test_harness_times_through_the_backends_synchronize() -> None:
     assert_every_clock_read_follows_a_sync(log.events)
     assert row["engine"] == "gpunn" and row["device"] == "numpy"
     assert row["limit_fraction"] == pytest.approx(row["gemm_s"] / row["train_s"])
+
+
+class FakePool:
+    """CuPy's memory pool interface, with fixed byte counts."""
+
+    def used_bytes(self) -> int:
+        return 3 * 2**20
+
+    def total_bytes(self) -> int:
+        return 8 * 2**20
+
+    def free_all_blocks(self) -> None:
+        pass
+
+
+class FakeCupy:
+    """NumPy dressed as CuPy: ``cuda.Device``, ``cuda.runtime`` and the memory pool, so the
+    harness's GPU path (device context, pool figures, GPU report, crossover) runs without a GPU.
+    Every device synchronisation is written to the event log."""
+
+    __version__ = "13.0.0-fake"
+
+    def __init__(self, log: EventLog) -> None:
+        fake = self
+
+        class Device:
+            def __init__(self, device: int = 0) -> None:
+                self.mem_info = (70 * 2**30, 80 * 2**30)
+
+            def __enter__(self) -> Device:
+                fake.entered += 1
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                pass
+
+            def synchronize(self) -> None:
+                log.sync()
+
+        runtime = types.SimpleNamespace(
+            getDeviceProperties=lambda d: {"major": 9, "minor": 0, "multiProcessorCount": 132},
+            driverGetVersion=lambda: 12040,
+            runtimeGetVersion=lambda: 12020,
+        )
+        self.cuda = types.SimpleNamespace(Device=Device, runtime=runtime)
+        self.entered = 0
+        self.pool = FakePool()
+
+    def get_default_memory_pool(self) -> FakePool:
+        return self.pool
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(np, name)
+
+
+def test_gpu_path_with_a_fake_cupy_backend(tmp_path: Path) -> None:
+    """On a CuPy backend the harness works inside the device's context, reads the clock only
+    after the device synchronised, reports the pool's bytes and the GPU, and finds the
+    crossover against the CPU rows; the plot marks it."""
+    from gpunn.bench.env import environment
+    from gpunn.bench.plot import write_plot
+    from gpunn.bench.results import make_report
+
+    log = EventLog()
+    xp = FakeCupy(log)
+    gpu = Backend("cupy", 0, xp, "Fake H100")
+    cfg = SweepConfig(backends=[gpu], models=[(6, 5, 3)], policy=FAST, clock=log.clock)
+    (row,) = measure_point((6, 5, 3), 4, gpu, cfg)
+    assert xp.entered >= 1
+    assert_every_clock_read_follows_a_sync(log.events)
+    assert row["device"] == "cupy:0"
+    assert (row["gpu_used_bytes"], row["gpu_total_bytes"]) == (3 * 2**20, 8 * 2**20)
+
+    (report_gpu,) = environment([gpu])["gpus"]
+    assert report_gpu["name"] == "Fake H100" and report_gpu["memory_total_bytes"] == 80 * 2**30
+    assert (report_gpu["driver_version"], report_gpu["cuda_runtime_version"]) == ("12.4", "12.2")
+
+    cpu_rows = [_row("numpy", b, 100.0 * b) for b in GRID]
+    gpu_rows = [_row("cupy:0", b, 10.0 * b**1.5) for b in GRID]
+    crossovers = compute_crossovers(cpu_rows + gpu_rows)
+    assert crossovers[0]["batch"] == 256
+    report = make_report(
+        command="gpunn bench",
+        settings={},
+        environment={},
+        rows=[r | {"infer_samples_per_s": r["train_samples_per_s"]} for r in cpu_rows + gpu_rows],
+        crossovers=crossovers,
+    )
+    assert write_plot(report, tmp_path / "bench.png").stat().st_size > 10_000
 
 
 # --------------------------------------------------------------------------------------------

@@ -176,6 +176,8 @@ def _build(args: argparse.Namespace) -> tuple[SweepConfig, list[str], dict[str, 
     torch, note = _torch(args.compare, blas_threads())
     if note:
         notes.append(note)
+    if torch is not None and any(b.is_gpu for b in backends) and not torch.cuda.is_available():
+        notes.append("PyTorch has no usable CUDA here: GPU rows have no PyTorch comparison")
     policy = Policy(
         budget_s=args.budget,
         min_repeats=args.min_repeats,

@@ -35,6 +35,7 @@ def write_plot(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
     rows = report["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -51,9 +52,13 @@ def write_plot(
                 b, v = zip(*points, strict=True)
                 ax.plot(b, v, marker="x", linestyle="--", label=f"{name} (CPU baseline)")
             if metric == "train_samples_per_s":
+                _draw_gemm_limits(ax, rows, model)
                 _mark_crossovers(ax, report, model)
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            batches = sorted({r["batch"] for r in rows if r["model"] == model})
+            ax.set_xticks(batches, [str(b) for b in batches], fontsize=7)
+            ax.xaxis.set_minor_locator(NullLocator())  # only the measured batch sizes
             ax.set_title(f"{model}: {title}")
             ax.set_xlabel("batch size")
             ax.set_ylabel("samples/s")
@@ -61,9 +66,13 @@ def write_plot(
             ax.legend(fontsize=7)
     env = report.get("environment", {})
     settings = report.get("settings", {})
+    machine = [env.get("cpu_model", "")] + [g.get("name", "") for g in env.get("gpus", [])]
+    cores = (env.get("cpu_cores") or {}).get("usable")
     fig.suptitle(
-        f"gpunn {settings.get('dtype', '')} {settings.get('optimizer', '').upper()} step - "
-        f"{env.get('cpu_model', '')}, {', '.join(g.get('name', '') for g in env.get('gpus', []))}",
+        f"gpunn ReLU MLPs, {settings.get('dtype', '')} {settings.get('optimizer', '').upper()}"
+        f" - {', '.join(m for m in machine if m)}"
+        + (f" ({cores} cores)" if cores else "")
+        + " - dotted: bare GEMM limit",
         fontsize=9,
     )
     fig.tight_layout()
@@ -71,6 +80,17 @@ def write_plot(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _draw_gemm_limits(ax: Any, rows: list[dict[str, Any]], model: str) -> None:
+    """The samples/s the bare GEMMs alone would allow (batch / gemm_s), per gpunn series."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in rows:
+        if r["model"] == model and r.get("gemm_s"):
+            series.setdefault(r["device"], []).append((r["batch"], r["batch"] / r["gemm_s"]))
+    for device, points in series.items():
+        b, v = zip(*sorted(points), strict=True)
+        ax.plot(b, v, linestyle=":", color="grey", linewidth=1, label=f"GEMM limit {device}")
 
 
 def _mark_crossovers(ax: Any, report: dict[str, Any], model: str) -> None:

@@ -17,13 +17,15 @@ worker threads keep spinning for up to ~0.1 s after their last call, and on 2 co
 pool of one library halves the speed of the other (measured here: PyTorch's step at batch 1024
 took 12 ms right after NumPy work instead of 6 ms).
 
-Stopping rule, per callable: at least ``min_repeats`` repeats, then stop as soon as the relative
+Stopping rule: a callable is finished after at least ``min_repeats`` repeats once the relative
 spread (interquartile range / median) is at most ``target_spread``, or the time spent timing it
-reaches ``budget_s``, or ``max_repeats`` is reached. ``Timing.converged`` says which happened.
+reaches ``budget_s``, or ``max_repeats`` is reached; callables timed together are all timed until
+every one of them is finished. ``Timing.converged`` says whether the spread target was met.
 """
 
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import time
@@ -41,7 +43,7 @@ class Policy:
 
     warmup_calls: int = 2  # at least this many untimed calls ...
     warmup_s: float = 0.05  # ... lasting at least this long in total
-    min_repeats: int = 5
+    min_repeats: int = 7
     max_repeats: int = 500
     target_spread: float = 0.05  # interquartile range / median at which timing stops
     budget_s: float = 1.0  # time spent timing one callable at one point, after min_repeats
@@ -65,7 +67,6 @@ class Timed:
     samples: list[float] = field(default_factory=list)
     calls: int = 1
     spent_s: float = 0.0
-    done: bool = False
 
 
 @dataclass(frozen=True)
@@ -166,6 +167,23 @@ def time_interleaved(
 
     ``between`` runs after every block, outside the timed region (used to sample memory).
     """
+    collecting = gc.isenabled()
+    gc.disable()  # as timeit does: a collection triggered by one callable must not bill another
+    try:
+        _time_rounds(entries, policy, clock, sleep, between)
+    finally:
+        if collecting:
+            gc.enable()
+    return {t.name: _summary(t, policy) for t in entries}
+
+
+def _time_rounds(
+    entries: Sequence[Timed],
+    policy: Policy,
+    clock: Clock,
+    sleep: Callable[[float], None],
+    between: Callable[[], None] | None,
+) -> None:
     groups: dict[str, list[Timed]] = {}
     for t in entries:
         groups.setdefault(t.group, []).append(t)
@@ -175,9 +193,12 @@ def time_interleaved(
             sleep(policy.settle_s)
         for t in members:
             _warm_up(t, policy, clock)
-    while any(not t.done for t in entries):
+    # Every callable keeps being timed until all of them meet the stopping rule, so their
+    # medians cover the same stretch of time (a fast phase of the machine for one and a slow
+    # phase for the other would make their ratio meaningless).
+    while not all(_finished(t, policy) for t in entries):
         for members in groups.values():
-            active = [t for t in members if not t.done]
+            active = [t for t in members if len(t.samples) < policy.max_repeats]
             if not active:
                 continue
             if several:
@@ -189,13 +210,13 @@ def time_interleaved(
                     t.samples.append(elapsed / t.calls)
                     t.spent_s += elapsed
                     turn_s += elapsed
-                    t.done = _finished(t, policy)
                     if between is not None:
                         between()
-                active = [t for t in active if not t.done]
+                if all(_finished(t, policy) for t in entries):
+                    break
+                active = [t for t in active if len(t.samples) < policy.max_repeats]
                 if several and turn_s >= policy.turn_s:
                     break  # the other group's turn
-    return {t.name: _summary(t, policy) for t in entries}
 
 
 def time_call(

@@ -172,18 +172,20 @@ class GemmWorkload:
             host[shape] = rng.standard_normal(shape).astype(dtype)
             return backend.asarray(host[shape])
 
-        self.calls: list[tuple[Any, Any, Any]] = []
+        # gpunn's own choice for dW at batch 1 (see gpunn.layers.dense_backward)
+        outer = xp.dot if batch == 1 else xp.matmul
+        self.calls: list[tuple[Any, Any, Any, Any]] = []
         for l, (i, o) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             x, W, dz = arr((batch, i)), arr((i, o)), arr((batch, o))
-            self.calls.append((x, W, xp.empty((batch, o), dtype=dtype)))  # z = x @ W
-            self.calls.append((x.T, dz, xp.empty((i, o), dtype=dtype)))  # dW = x^T @ dz
+            self.calls.append((xp.matmul, x, W, xp.empty((batch, o), dtype=dtype)))  # x @ W
+            self.calls.append((outer, x.T, dz, xp.empty((i, o), dtype=dtype)))  # dW = x^T @ dz
             if l > 0:
-                self.calls.append((dz, W.T, xp.empty((batch, i), dtype=dtype)))  # dx = dz @ W^T
+                dx = xp.empty((batch, i), dtype=dtype)
+                self.calls.append((xp.matmul, dz, W.T, dx))  # dx = dz @ W^T
         self.xp = xp
         self.sync = backend.synchronize
         self.count = len(self.calls)
 
     def run(self) -> None:
-        matmul = self.xp.matmul
-        for a, b, out in self.calls:
-            matmul(a, b, out=out)
+        for product, a, b, out in self.calls:
+            product(a, b, out=out)
