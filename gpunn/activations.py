@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpunn import kernels
 from gpunn.layer import Array, Layer
 
 # ------------------------------------------------------------------------------------------
@@ -114,16 +115,20 @@ class ReLU(Layer):
 
     kind = "ReLU"
     init_hint = "he"
+    act = "relu"
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
         self.z = x  # in place, x then holds a, which is positive exactly where z was
         in_place = training and self.may_overwrite_x
         out = x if in_place else self.workspace("a", x.shape)
+        if self.bias_from is not None:  # x = h @ W: add the Dense bias and apply, one pass
+            return self.bias_and_activation(x, out, keep_z=not in_place)
         return relu_forward(x, xp=self.xp, out=out)
 
     def backward(self, dy: Array, *, need_dx: bool = True) -> Array:
         out = dy if self.may_overwrite_dy else self.workspace("dz", dy.shape)
-        return relu_backward(dy, self.z, xp=self.xp, out=out)
+        backward = kernels.get("activation_backward", self.xp)  # relu_backward, or fused
+        return backward(dy, self.z, "relu", xp=self.xp, out=out)
 
 
 class LeakyReLU(Layer):
@@ -131,6 +136,7 @@ class LeakyReLU(Layer):
 
     kind = "LeakyReLU"
     init_hint = "he"
+    act = "leaky_relu"
 
     def __init__(self, slope: float = 0.01) -> None:
         super().__init__()
@@ -143,11 +149,15 @@ class LeakyReLU(Layer):
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
         self.z = x
-        return leaky_relu_forward(x, self.slope, xp=self.xp, out=self.workspace("a", x.shape))
+        out = self.workspace("a", x.shape)
+        if self.bias_from is not None:
+            return self.bias_and_activation(x, out, keep_z=True, slope=self.slope)
+        return leaky_relu_forward(x, self.slope, xp=self.xp, out=out)
 
     def backward(self, dy: Array, *, need_dx: bool = True) -> Array:
         out = self.workspace("dz", dy.shape)
-        return leaky_relu_backward(dy, self.z, self.slope, xp=self.xp, out=out)
+        backward = kernels.get("activation_backward", self.xp)  # leaky_relu_backward, or fused
+        return backward(dy, self.z, "leaky_relu", slope=self.slope, xp=self.xp, out=out)
 
 
 class Sigmoid(Layer):
@@ -155,13 +165,20 @@ class Sigmoid(Layer):
 
     kind = "Sigmoid"
     init_hint = "glorot"
+    act = "sigmoid"
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        self.a = sigmoid_forward(x, xp=self.xp, out=self.workspace("a", x.shape))
+        out = self.workspace("a", x.shape)
+        if self.bias_from is not None:
+            self.a = self.bias_and_activation(x, out, keep_z=False)
+        else:
+            self.a = sigmoid_forward(x, xp=self.xp, out=out)
         return self.a
 
     def backward(self, dy: Array, *, need_dx: bool = True) -> Array:
-        return sigmoid_backward(dy, self.a, xp=self.xp, out=self.workspace("dz", dy.shape))
+        out = self.workspace("dz", dy.shape)
+        backward = kernels.get("activation_backward", self.xp)  # sigmoid_backward, or fused
+        return backward(dy, self.a, "sigmoid", xp=self.xp, out=out)
 
 
 class Tanh(Layer):
@@ -169,10 +186,17 @@ class Tanh(Layer):
 
     kind = "Tanh"
     init_hint = "glorot"
+    act = "tanh"
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        self.a = tanh_forward(x, xp=self.xp, out=self.workspace("a", x.shape))
+        out = self.workspace("a", x.shape)
+        if self.bias_from is not None:
+            self.a = self.bias_and_activation(x, out, keep_z=False)
+        else:
+            self.a = tanh_forward(x, xp=self.xp, out=out)
         return self.a
 
     def backward(self, dy: Array, *, need_dx: bool = True) -> Array:
-        return tanh_backward(dy, self.a, xp=self.xp, out=self.workspace("dz", dy.shape))
+        out = self.workspace("dz", dy.shape)
+        backward = kernels.get("activation_backward", self.xp)  # tanh_backward, or fused
+        return backward(dy, self.a, "tanh", xp=self.xp, out=out)

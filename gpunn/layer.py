@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from gpunn import kernels
+
 Array = Any  # a numpy.ndarray or a cupy.ndarray: the same code handles both
 
 
@@ -25,6 +27,8 @@ class Layer:
     #: backward returns a workspace of this layer that it never reads again, so the layer
     #: before may overwrite that gradient in place
     returns_scratch_grad: ClassVar[bool] = False
+    #: the activation's name in gpunn.kernels ("relu", ...); None for other layers
+    act: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         self.xp: Any = None
@@ -36,6 +40,9 @@ class Layer:
         #: when backward's gradient is the next layer's scratch: a layer may then write over it
         self.may_overwrite_x = False
         self.may_overwrite_dy = False
+        #: set by Sequential on an activation right after a Dense layer: that Dense layer left
+        #: its bias for this layer to add, in the same pass as the activation
+        self.bias_from: Layer | None = None
 
     # --- parameters -------------------------------------------------------------------------
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -66,6 +73,17 @@ class Layer:
     def output_width(self, in_width: int) -> int:
         """Features per sample that come out when ``in_width`` go in."""
         return in_width
+
+    def bias_and_activation(
+        self, z: Array, out: Array, *, keep_z: bool, slope: float = 0.0
+    ) -> Array:
+        """a = act(z + b) with b the bias of ``bias_from``: one fused kernel on CuPy.
+
+        With ``keep_z`` z becomes z + b (for a backward that needs the pre-activation).
+        """
+        forward = kernels.get("bias_activation_forward", self.xp)
+        b = self.bias_from.params["b"]
+        return forward(z, b, self.act, slope=slope, xp=self.xp, out=out, keep_z=keep_z)
 
     # --- workspace ----------------------------------------------------------------------------
     def workspace(self, name: str, shape: tuple[int, ...]) -> Array:

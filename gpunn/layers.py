@@ -101,9 +101,14 @@ class Dense(Layer):
     def output_width(self, in_width: int) -> int:
         return self.out_features
 
+    #: set by Sequential when the activation after this layer adds the bias (fused with it)
+    defer_bias: bool = False
+
     def forward(self, x: Array, *, training: bool = True) -> Array:
         self.x = x  # (N, in), kept for dW
         z = self.workspace("z", (x.shape[0], self.out_features))
+        if self.defer_bias:  # the next layer computes act(z + b) in one pass
+            return self.xp.matmul(x, self.params["W"], out=z)  # (N, out)
         return dense_forward(x, self.params["W"], self.params["b"], xp=self.xp, out=z)
 
     def backward(self, dy: Array, *, need_dx: bool = True) -> Array | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from gpunn import kernels
 from gpunn.activations import sigmoid_forward
 from gpunn.backend import namespace
 from gpunn.layer import Array
@@ -129,11 +130,12 @@ class SoftmaxCrossEntropy(Loss):
             raise ValueError(f"SoftmaxCrossEntropy expects logits (N, C), got shape {logits.shape}")
         y = _labels_like(y, logits.shape[0], "SoftmaxCrossEntropy", xp)
         self.y = y.astype(xp.int64, copy=False)
-        loss, self.p = softmax_cross_entropy_forward(logits, self.y, xp=xp)
+        # loss and dlogits together: one fused pass on CuPy, else the two functions above
+        loss, self.dz = kernels.get("softmax_cross_entropy", xp)(logits, self.y, xp=xp)
         return loss
 
     def backward(self) -> Array:
-        return softmax_cross_entropy_backward(self.p, self.y, xp=namespace(self.p))
+        return self.dz
 
     def correct(self, logits: Array, y: Array) -> Array:
         return (logits.argmax(axis=1) == y).sum()
@@ -154,10 +156,11 @@ class BinaryCrossEntropy(Loss):
         y = _labels_like(y, logits.shape[0], "BinaryCrossEntropy", xp)
         self.z = logits
         self.y = y.reshape(logits.shape).astype(logits.dtype, copy=False)
-        return binary_cross_entropy_forward(self.z, self.y, xp=xp)
+        loss, self.dz = kernels.get("binary_cross_entropy", xp)(self.z, self.y, xp=xp)
+        return loss
 
     def backward(self) -> Array:
-        return binary_cross_entropy_backward(self.z, self.y, xp=namespace(self.z))
+        return self.dz
 
     def correct(self, logits: Array, y: Array) -> Array:
         # sigmoid(z) > 0.5 exactly when z > 0

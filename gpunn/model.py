@@ -13,6 +13,7 @@ from typing import Any
 
 from gpunn.backend import Backend, get_backend
 from gpunn.layer import Array, Layer
+from gpunn.layers import Dense
 
 DTYPES = ("float32", "float64")
 ALIGN = 64  # each parameter starts on a 64-element boundary (256 bytes in float32)
@@ -120,11 +121,17 @@ class Sequential:
                 {n: self.params[f"{i}.{n}"] for n in names},
                 {n: self.grads[f"{i}.{n}"] for n in names},
             )
+            prev = self.layers[i - 1] if i > 0 else None
+            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            # Dense then an activation: the activation adds the Dense bias in the same pass as
+            # its own function (one fused kernel on CuPy, see gpunn.kernels)
+            if isinstance(layer, Dense):
+                layer.defer_bias = nxt is not None and nxt.act is not None
+            fused = layer.act is not None and isinstance(prev, Dense)
+            layer.bias_from = prev if fused else None
             # Where layer i's input is layer i-1's scratch output, or the gradient it receives
             # is layer i+1's scratch (never a caller's array), layer i may write over it:
             # an array of the batch's size less to stream through memory (ReLU does).
-            prev = self.layers[i - 1] if i > 0 else None
-            nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
             layer.may_overwrite_x = prev is not None and prev.returns_scratch_output
             layer.may_overwrite_dy = nxt is not None and nxt.returns_scratch_grad
 

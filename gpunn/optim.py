@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+from gpunn import kernels
 from gpunn.backend import namespace
 from gpunn.layer import Array
 
@@ -187,7 +188,7 @@ class SGD(Optimizer):
         }
 
     def _update(self, p: Array, g: Array, xp: Any) -> None:
-        sgd_update(
+        kernels.get("sgd_update", xp)(  # sgd_update, or its one-kernel form on CuPy
             p,
             g,
             self.state.get("momentum_buffer"),
@@ -233,7 +234,7 @@ class Adam(Optimizer):
         }
 
     def _update(self, p: Array, g: Array, xp: Any) -> None:
-        adam_update(
+        kernels.get("adam_update", xp)(  # adam_update, or its one-kernel form on CuPy
             p,
             g,
             self.state["exp_avg"],

@@ -135,7 +135,9 @@ class MSEWithoutTwo(gpunn.MeanSquaredError):
 
 class CEWithoutOneHot(gpunn.SoftmaxCrossEntropy):
     def backward(self):
-        return self.p / self.p.shape[0]  # softmax / N, without - onehot
+        dz = super().backward().copy()  # (softmax - onehot) / N
+        dz[np.arange(len(self.y)), self.y] += 1 / len(self.y)  # ... without the - onehot
+        return dz
 
 
 @pytest.mark.parametrize(
