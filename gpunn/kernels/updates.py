@@ -40,23 +40,12 @@ p = p - lr * d;""",
 )
 
 
-def sgd_update_reference(
-    p: Array,
-    g: Array,
-    buf: Array | None,
-    *,
-    lr: float,
-    momentum: float = 0.0,
-    nesterov: bool = False,
-    weight_decay: float = 0.0,
-    xp: Any,
-) -> None:
-    """One SGD step on flat arrays, in place. Reference: ``gpunn.optim.sgd_update`` itself."""
+def sgd_update_reference(*args: Any, **kwargs: Any) -> None:
+    """One SGD step on flat arrays, in place: ``gpunn.optim.sgd_update`` itself (imported when
+    called, because the core imports gpunn.kernels)."""
     from gpunn import optim
 
-    optim.sgd_update(
-        p, g, buf, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay, xp=xp
-    )
+    optim.sgd_update(*args, **kwargs)
 
 
 def _build_sgd(xp: Any) -> Any:
@@ -133,38 +122,11 @@ p = p - step_size * (m / denom);""",
 )
 
 
-def adam_update_reference(
-    p: Array,
-    g: Array,
-    m: Array,
-    v: Array,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float = 0.0,
-    decoupled: bool = False,
-    xp: Any,
-) -> None:
-    """One Adam/AdamW step on flat arrays, in place. Reference: ``gpunn.optim.adam_update``."""
+def adam_update_reference(*args: Any, **kwargs: Any) -> None:
+    """One Adam/AdamW step on flat arrays, in place: ``gpunn.optim.adam_update`` itself."""
     from gpunn import optim
 
-    optim.adam_update(
-        p,
-        g,
-        m,
-        v,
-        step=step,
-        lr=lr,
-        beta1=beta1,
-        beta2=beta2,
-        eps=eps,
-        weight_decay=weight_decay,
-        decoupled=decoupled,
-        xp=xp,
-    )
+    optim.adam_update(*args, **kwargs)
 
 
 def _build_adam(xp: Any) -> Any:
