@@ -99,13 +99,14 @@ def bias_activation_forward_reference(
 
     Reference: the bias add of ``gpunn.layers.dense_forward`` followed by
     ``gpunn.activations.<act>_forward``. With ``keep_z`` z becomes z + b in place (as the core
-    does); otherwise z is left unchanged by this reference (the fused form may leave it either
-    way: read it only with ``keep_z``). ``slope`` is LeakyReLU's and ignored by the others.
+    does); otherwise z is left unchanged by this reference unless ``out`` is z itself (the
+    fused form may leave it either way: read it only with ``keep_z``). ``slope`` is LeakyReLU's and ignored by the others.
     """
     from gpunn import activations
 
     _check_act(act)
-    x = xp.add(z, b, out=z) if keep_z else z + b  # (N, out) pre-activation
+    # (N, out) pre-activation; in place when z is kept or is about to be overwritten anyway
+    x = xp.add(z, b, out=z) if keep_z or out is z else z + b
     if act == "relu":
         return activations.relu_forward(x, xp=xp, out=out)
     if act == "leaky_relu":
