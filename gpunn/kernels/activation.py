@@ -100,7 +100,8 @@ def bias_activation_forward_reference(
     Reference: the bias add of ``gpunn.layers.dense_forward`` followed by
     ``gpunn.activations.<act>_forward``. With ``keep_z`` z becomes z + b in place (as the core
     does); otherwise z is left unchanged by this reference unless ``out`` is z itself (the
-    fused form may leave it either way: read it only with ``keep_z``). ``slope`` is LeakyReLU's and ignored by the others.
+    fused form may leave it either way: read it only with ``keep_z``). ``slope`` is LeakyReLU's
+    and ignored by the others.
     """
     from gpunn import activations
 
