@@ -3,9 +3,23 @@
 The forward pass, the losses and backpropagation are hand-written once, against the array
 module ``xp`` of a :class:`Backend`; ``get_backend()`` picks CuPy when a CUDA GPU is usable and
 falls back to NumPy otherwise.
+
+The package is built in floors, numbered from the bottom, and imports only run downwards
+(``tests/test_imports.py`` checks it, counting imports inside functions):
+
+0. ``gpunn.math``      the pure math: forward/backward pairs, losses, update rules. Imports
+                       nothing from gpunn. ``gpunn.backend`` (which array library) sits beside
+                       it, importing nothing from gpunn either.
+1. ``gpunn.kernels``   fused CuPy kernels, each a faster form of ``gpunn.math`` functions.
+2. ``gpunn.nn``        layers, losses and optimizers: parameters, state, workspaces, dispatch.
+3. ``gpunn.model``     ``Sequential``: layers over one flat parameter buffer on one backend.
+4. ``gpunn.training``, ``gpunn.checkpoint``: fitting a model, and saving/loading it.
+5. ``gpunn`` itself: the public names below.
+6. ``gpunn.cli``, ``gpunn.bench``, ``gpunn.datasets``, ``gpunn.info``, ``gpunn.plots``,
+   ``gpunn.testing``: the tools.
 """
 
-from gpunn.activations import LeakyReLU, ReLU, Sigmoid, Tanh
+from gpunn._version import __version__
 from gpunn.backend import (
     Backend,
     BackendStatus,
@@ -15,13 +29,24 @@ from gpunn.backend import (
 )
 from gpunn.checkpoint import load, load_with_optimizer
 from gpunn.errors import NonFiniteLossError
-from gpunn.layer import Layer
-from gpunn.layers import Dense, Dropout
-from gpunn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
 from gpunn.model import Sequential
-from gpunn.optim import SGD, Adam, AdamW, Optimizer
-
-__version__ = "0.1.0"
+from gpunn.nn import (
+    SGD,
+    Adam,
+    AdamW,
+    BinaryCrossEntropy,
+    Dense,
+    Dropout,
+    Layer,
+    LeakyReLU,
+    Loss,
+    MeanSquaredError,
+    Optimizer,
+    ReLU,
+    Sigmoid,
+    SoftmaxCrossEntropy,
+    Tanh,
+)
 
 __all__ = [
     "SGD",

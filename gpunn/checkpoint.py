@@ -56,12 +56,22 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
-from gpunn.activations import LeakyReLU, ReLU, Sigmoid, Tanh
+from gpunn._version import __version__
 from gpunn.backend import Backend
-from gpunn.layer import Layer
-from gpunn.layers import Dense, Dropout
 from gpunn.model import DTYPES, Sequential
-from gpunn.optim import SGD, Adam, AdamW, Optimizer
+from gpunn.nn import (
+    SGD,
+    Adam,
+    AdamW,
+    Dense,
+    Dropout,
+    Layer,
+    LeakyReLU,
+    Optimizer,
+    ReLU,
+    Sigmoid,
+    Tanh,
+)
 
 __all__ = [
     "FORMAT",
@@ -166,8 +176,6 @@ def _encode(
     model: Sequential, optimizer: Optimizer | None, *, epoch: Any, step: Any, extra: Any
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The tensors and metadata of a checkpoint (checks everything before any file is touched)."""
-    import gpunn  # late: gpunn/__init__ may import this module
-
     architecture = []
     for i, layer in enumerate(model.layers):
         kind = getattr(layer, "kind", None)
@@ -203,7 +211,7 @@ def _encode(
             raise ValueError(f"{name} must be an int or None, got {value!r}")
 
     values = {
-        "gpunn_version": gpunn.__version__,
+        "gpunn_version": __version__,
         "architecture": architecture,
         "dtype": model.dtype.name,
         "seed": model.seed,

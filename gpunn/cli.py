@@ -234,7 +234,7 @@ def _train_backend(args: argparse.Namespace) -> tuple[Any, Any]:
     """The backend, and with --distributed this rank's communicator (else None)."""
     if not args.distributed:
         return _backend(args.backend, args.tf32), None
-    from gpunn import distributed
+    from gpunn.training import distributed
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

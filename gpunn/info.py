@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy
 
-import gpunn
+from gpunn._version import __version__
 from gpunn.backend import _import_cupy, available_backends
 
 
@@ -33,7 +33,7 @@ def blas_info() -> str:
 def collect() -> dict[str, Any]:
     """Everything `gpunn info` prints, as a dict (also used by the benchmarks)."""
     report: dict[str, Any] = {
-        "gpunn": gpunn.__version__,
+        "gpunn": __version__,
         "python": platform.python_version(),
         "platform": platform.platform(),
         "numpy": numpy.__version__,

@@ -3,6 +3,11 @@
 All parameters sit in one contiguous array (``flat_params``) and all gradients in another
 (``flat_grads``); every ``W`` and ``b`` is a view into them. An optimizer then updates the whole
 model at once, and a data-parallel all-reduce is one call.
+
+What a model is does not depend on how it is trained or saved: this module imports the layers
+(``gpunn.nn``) and the backend only. ``fit``, ``evaluate``, ``predict`` and ``save`` are thin
+conveniences that hand the model to ``gpunn.training`` and ``gpunn.checkpoint``, which import
+this module (their imports run inside the methods, when they are called).
 """
 
 from __future__ import annotations
@@ -12,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gpunn.backend import Backend, get_backend
-from gpunn.layer import Array, Layer
-from gpunn.layers import Dense
+from gpunn.nn.layer import Array, Layer
 
 DTYPES = ("float32", "float64")
 ALIGN = 64  # each parameter starts on a 64-element boundary (256 bytes in float32)
@@ -121,19 +125,12 @@ class Sequential:
                 {n: self.params[f"{i}.{n}"] for n in names},
                 {n: self.grads[f"{i}.{n}"] for n in names},
             )
+        # Each layer meets its neighbours, in order (a layer may change the one before it:
+        # an activation takes over the bias of the Dense layer it follows).
+        for i, layer in enumerate(self.layers):
             prev = self.layers[i - 1] if i > 0 else None
             nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            # Dense then an activation: the activation adds the Dense bias in the same pass as
-            # its own function (one fused kernel on CuPy, see gpunn.kernels)
-            if isinstance(layer, Dense):
-                layer.defer_bias = nxt is not None and nxt.act is not None
-            fused = layer.act is not None and isinstance(prev, Dense)
-            layer.bias_from = prev if fused else None
-            # Where layer i's input is layer i-1's scratch output, or the gradient it receives
-            # is layer i+1's scratch (never a caller's array), layer i may write over it:
-            # an array of the batch's size less to stream through memory (ReLU does).
-            layer.may_overwrite_x = prev is not None and prev.returns_scratch_output
-            layer.may_overwrite_dy = nxt is not None and nxt.returns_scratch_grad
+            layer.connect(prev, nxt)
 
     @property
     def num_params(self) -> int:
@@ -220,7 +217,7 @@ class Sequential:
     def save(self, path: str | os.PathLike[str], optimizer: Any = None, **kwargs: Any) -> Path:
         """Write this model (and ``optimizer``'s state) to a safe checkpoint file; see
         :func:`gpunn.checkpoint.save` for ``epoch``, ``step`` and ``extra``."""
-        from gpunn.checkpoint import save  # late: gpunn.checkpoint imports this module
+        from gpunn.checkpoint import save  # a convenience: gpunn.checkpoint imports this module
 
         return save(self, path, optimizer, **kwargs)
 

@@ -15,15 +15,15 @@ from collections.abc import Callable
 from typing import Any
 
 from gpunn.backend import Backend, get_backend
-from gpunn.layer import Array, Layer
-from gpunn.losses import Loss
 from gpunn.model import Sequential
+from gpunn.nn import Array, Layer, Loss
 
 __all__ = [
     "check_function_gradients",
     "check_layer_gradients",
     "check_loss_gradients",
     "check_model_gradients",
+    "numerical_gradient",
     "relative_error",
 ]
 
@@ -45,7 +45,7 @@ def relative_error(analytic: Any, numeric: Any) -> float:
     return float((xp.abs(a - n) / xp.maximum(xp.maximum(xp.abs(a), xp.abs(n)), floor)).max())
 
 
-def _numerical_gradient(f: Callable[[], float], x: Array, eps: float) -> Any:
+def numerical_gradient(f: Callable[[], float], x: Array, eps: float) -> Any:
     """Central differences of the scalar f() with respect to every element of x (in place)."""
     flat = x.reshape(-1)  # a view: x is contiguous
     grad = [0.0] * flat.size
@@ -79,8 +79,8 @@ def check_model_gradients(
     analytic["input"] = model.backend.to_numpy(dx).copy()
     errors = {}
     for key, p in model.params.items():
-        errors[key] = relative_error(analytic[key], _numerical_gradient(f, p, eps))
-    errors["input"] = relative_error(analytic["input"], _numerical_gradient(f, x, eps))
+        errors[key] = relative_error(analytic[key], numerical_gradient(f, p, eps))
+    errors["input"] = relative_error(analytic["input"], numerical_gradient(f, x, eps))
     return errors
 
 
@@ -118,7 +118,7 @@ def check_loss_gradients(loss: Loss, logits: Any, y: Any, *, eps: float = 1e-5) 
     z = xp.array(_host(logits), dtype=xp.float64)
     loss.forward(z, y)
     analytic = _host(loss.backward()).copy()
-    numeric = _numerical_gradient(lambda: float(loss.forward(z, y)), z, eps)
+    numeric = numerical_gradient(lambda: float(loss.forward(z, y)), z, eps)
     return relative_error(analytic, numeric)
 
 
@@ -135,7 +135,7 @@ def check_function_gradients(
     x = xp.array(_host(x), dtype=xp.float64)
     R = get_backend("numpy").host_rng(seed).standard_normal(forward(x).shape)
     analytic = _host(backward(R)).copy()
-    numeric = _numerical_gradient(lambda: float((forward(x) * R).sum()), x, eps)
+    numeric = numerical_gradient(lambda: float((forward(x) * R).sum()), x, eps)
     return relative_error(analytic, numeric)
 
 

@@ -40,8 +40,8 @@ BATCH = 4096
 def worker(args: argparse.Namespace) -> None:
     """One rank of a measured run (started by mpiexec); rank 0 prints one JSON line."""
     import gpunn
-    from gpunn.callbacks import Callback
-    from gpunn.distributed import get_communicator
+    from gpunn.training.callbacks import Callback
+    from gpunn.training.distributed import get_communicator
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

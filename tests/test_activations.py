@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gpunn
-from gpunn.activations import (
+from gpunn.math.activations import (
     leaky_relu_backward,
     leaky_relu_forward,
     relu_backward,

@@ -1,4 +1,4 @@
-"""Tests for gpunn.callbacks: EarlyStopping, ModelCheckpoint, StepLR and CosineLR inside fit."""
+"""Tests for gpunn.training.callbacks: EarlyStopping, ModelCheckpoint, StepLR, CosineLR in fit."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import gpunn
-from gpunn.callbacks import Callback, CosineLR, EarlyStopping, ModelCheckpoint, StepLR
 from gpunn.errors import NonFiniteLossError
+from gpunn.training.callbacks import Callback, CosineLR, EarlyStopping, ModelCheckpoint, StepLR
 
 # --------------------------------------------------------------------------------------------
 # Helpers

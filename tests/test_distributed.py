@@ -1,4 +1,4 @@
-"""Tests for gpunn.distributed: data-parallel fit over MPI, communicator choice, NCCL buffers.
+"""Tests for gpunn.training.distributed: data-parallel fit over MPI, communicators, NCCL buffers.
 
 The end-to-end tests start real 2-rank MPI jobs (``mpiexec -n 2 python -m mpi4py ...``) of the
 scripts in tests/mpi/ and compare what they write with one-process training. They are skipped,
@@ -25,8 +25,9 @@ import numpy as np
 import pytest
 
 import gpunn
-from gpunn import checkpoint, distributed
-from gpunn.distributed import (
+from gpunn import checkpoint
+from gpunn.training import distributed
+from gpunn.training.distributed import (
     MPICommunicator,
     NCCLCommunicator,
     SingleProcess,

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 import gpunn
-from gpunn.layers import dense_backward, dense_forward, dropout_backward, dropout_forward
+from gpunn.math.dense import dense_backward, dense_forward
+from gpunn.math.dropout import dropout_backward, dropout_forward
 from gpunn.testing import check_function_gradients, check_layer_gradients
 
 W = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # (in=2, out=3)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import gpunn
-from gpunn.optim import adam_update, sgd_update
+from gpunn.math.optim import adam_update, sgd_update
 
 CONFIGS = {
     "sgd": (gpunn.SGD, {"lr": 0.1}),

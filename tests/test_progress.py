@@ -1,4 +1,4 @@
-"""Tests for gpunn.progress: a rich bar on a terminal, plain epoch lines otherwise, silence at 0."""
+"""Tests for gpunn.training.progress: a rich bar on a terminal, plain lines elsewhere, or none."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gpunn
-from gpunn.progress import Progress, format_logs
+from gpunn.training.progress import Progress, format_logs
 
 LINE = re.compile(
     r"^epoch (\d+)/(\d+)  loss (\d+\.\d{4})  accuracy (\d\.\d{4})"

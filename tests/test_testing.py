@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gpunn
-from gpunn.activations import tanh_forward
+from gpunn.math.activations import tanh_forward
 from gpunn.testing import (
     check_function_gradients,
     check_layer_gradients,

@@ -12,9 +12,9 @@ import pytest
 
 import gpunn
 from gpunn import backend as backend_module
-from gpunn import training
-from gpunn.callbacks import Callback
 from gpunn.errors import NonFiniteLossError
+from gpunn.training import loop as training
+from gpunn.training.callbacks import Callback
 
 # --------------------------------------------------------------------------------------------
 # Helpers

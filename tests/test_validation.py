@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gpunn
-from gpunn.validation import check_batch_size, check_x, check_y
+from gpunn.training.validation import check_batch_size, check_x, check_y
 
 F, K, N = 5, 3, 10  # features, classes, samples
 

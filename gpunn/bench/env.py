@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from gpunn._version import __version__
 from gpunn.backend import Backend
 
 __all__ = ["blas_threads", "cpu_model", "environment"]
@@ -132,15 +133,13 @@ def _torch(torch: Any) -> dict[str, Any]:
 
 def environment(backends: list[Backend], torch: Any = None, torch_note: str = "") -> dict[str, Any]:
     """The environment record stored in bench.json (see :mod:`gpunn.bench.results`)."""
-    import gpunn
-
     return {
         "cpu_model": cpu_model(),
         "cpu_cores": _cores(),
         "load_average": _load_average(),
         "platform": platform.platform(),
         "python": platform.python_version(),
-        "gpunn_version": gpunn.__version__,
+        "gpunn_version": __version__,
         "numpy_version": np.__version__,
         "numpy_blas_build": _numpy_blas_build(),
         "blas": _blas_pools(),

@@ -13,12 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from gpunn.activations import ReLU
 from gpunn.backend import Backend
-from gpunn.layers import Dense
-from gpunn.losses import SoftmaxCrossEntropy
 from gpunn.model import Sequential
-from gpunn.optim import SGD, Adam, Optimizer
+from gpunn.nn import SGD, Adam, Dense, Optimizer, ReLU, SoftmaxCrossEntropy
 
 __all__ = [
     "MODELS",
@@ -172,7 +169,7 @@ class GemmWorkload:
             host[shape] = rng.standard_normal(shape).astype(dtype)
             return backend.asarray(host[shape])
 
-        # gpunn's own choice for dW at batch 1 (see gpunn.layers.dense_backward)
+        # gpunn's own choice for dW at batch 1 (see gpunn.math.dense.dense_backward)
         outer = xp.dot if batch == 1 else xp.matmul
         self.calls: list[tuple[Any, Any, Any, Any]] = []
         for l, (i, o) in enumerate(zip(widths[:-1], widths[1:], strict=True)):

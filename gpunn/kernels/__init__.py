@@ -1,8 +1,8 @@
 """The one dispatch point for gpunn's fused GPU kernels: ``get(name, xp)`` returns a callable.
 
 On CuPy (unless ``GPUNN_FUSED=0``) it is the fused kernel; everywhere else, and whenever the fused
-kernel cannot be trusted, it is the *reference*: a plain composition of the core functions whose
-math the kernel repeats. Both forms take the same arguments, so a call site reads
+kernel cannot be trusted, it is the *reference*: a plain composition of the ``gpunn.math``
+functions whose math the kernel repeats. Both forms take the same arguments, so a call site reads
 
     loss, dlogits = kernels.get("softmax_cross_entropy", xp)(logits, y, xp=xp)
 
@@ -18,8 +18,8 @@ bias_activation_forward     ``(z, b, act, *, slope, xp, out, keep_z) -> a``   a 
 activation_backward         ``(da, s, act, *, slope, xp, out) -> dz``
 softmax_cross_entropy       ``(z, y, *, xp) -> (loss, dz)``   forward and backward together
 binary_cross_entropy        ``(z, y, *, xp) -> (loss, dz)``
-sgd_update                  same signature as ``gpunn.optim.sgd_update`` (in place)
-adam_update                 same signature as ``gpunn.optim.adam_update`` (in place)
+sgd_update                  same signature as ``gpunn.math.optim.sgd_update`` (in place)
+adam_update                 same signature as ``gpunn.math.optim.adam_update`` (in place)
 =========================== =================================================================
 """
 

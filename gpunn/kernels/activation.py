@@ -1,15 +1,13 @@
 """Fused bias + activation forward and activation backward: one elementwise pass each.
 
 After ``z = x @ W`` (one GEMM), the unfused forward makes two more passes over z: ``z += b``
-(``gpunn.layers.dense_forward``) and ``a = act(z)`` (``gpunn.activations.*_forward``). The fused
-kernel reads z once and writes a (and, with ``keep_z``, the pre-activation z + b back into z).
+(``gpunn.math.dense.dense_forward``) and ``a = act(z)`` (``gpunn.math.activations.*_forward``). The
+fused kernel reads z once and writes a (and, with ``keep_z``, the pre-activation z + b back into
+z).
 
 ReLU and LeakyReLU backward may be given the *output* a instead of z: for slope >= 0, a > 0
 exactly when z > 0, so ``relu_backward(da, a)`` equals ``relu_backward(da, z)`` bit for bit. That
 is why the forward need not keep z when the next layer only needs the activation's output.
-
-Core modules are imported inside the reference functions, not at the top, so that the core may
-import ``gpunn.kernels`` without an import cycle.
 """
 
 from __future__ import annotations
@@ -18,6 +16,7 @@ from typing import Any
 
 from gpunn.backend import host_rng
 from gpunn.kernels.spec import Array, Elementwise, KernelSpec, elementwise
+from gpunn.math import activations
 
 ACTIVATIONS = ("relu", "leaky_relu", "sigmoid", "tanh")
 
@@ -97,14 +96,12 @@ def bias_activation_forward_reference(
 ) -> Array:
     """a = act(z + b): z (N, out) = x @ W, b (out,) -> a (N, out), written into ``out``.
 
-    Reference: the bias add of ``gpunn.layers.dense_forward`` followed by
-    ``gpunn.activations.<act>_forward``. With ``keep_z`` z becomes z + b in place (as the core
+    Reference: the bias add of ``gpunn.math.dense.dense_forward`` followed by
+    ``gpunn.math.activations.<act>_forward``. With ``keep_z`` z becomes z + b in place (as the core
     does); otherwise z is left unchanged by this reference unless ``out`` is z itself (the
     fused form may leave it either way: read it only with ``keep_z``). ``slope`` is LeakyReLU's
     and ignored by the others.
     """
-    from gpunn import activations
-
     _check_act(act)
     # (N, out) pre-activation; in place when z is kept or is about to be overwritten anyway
     x = xp.add(z, b, out=z) if keep_z or out is z else z + b
@@ -159,8 +156,8 @@ def _probe_forward(impl: Any, xp: Any) -> list[Any]:
 BIAS_ACTIVATION_FORWARD = KernelSpec(
     name="bias_activation_forward",
     repeats=(
-        "gpunn.layers.dense_forward",
-        *(f"gpunn.activations.{a}_forward" for a in ACTIVATIONS),
+        "gpunn.math.dense.dense_forward",
+        *(f"gpunn.math.activations.{a}_forward" for a in ACTIVATIONS),
     ),
     reference=bias_activation_forward_reference,
     build_fused=_build_forward,
@@ -178,10 +175,8 @@ def activation_backward_reference(
 ) -> Array:
     """dz = da * act'(.) (N, out), from s = z or a for relu/leaky_relu, s = a for sigmoid/tanh.
 
-    Reference: ``gpunn.activations.<act>_backward``.
+    Reference: ``gpunn.math.activations.<act>_backward``.
     """
-    from gpunn import activations
-
     _check_act(act)
     if act == "relu":
         return activations.relu_backward(da, s, xp=xp, out=out)
@@ -226,7 +221,7 @@ def _probe_backward(impl: Any, xp: Any) -> list[Any]:
 
 ACTIVATION_BACKWARD = KernelSpec(
     name="activation_backward",
-    repeats=tuple(f"gpunn.activations.{a}_backward" for a in ACTIVATIONS),
+    repeats=tuple(f"gpunn.math.activations.{a}_backward" for a in ACTIVATIONS),
     reference=activation_backward_reference,
     build_fused=_build_backward,
     probe=_probe_backward,

@@ -15,6 +15,7 @@ from typing import Any
 
 from gpunn.backend import host_rng
 from gpunn.kernels.spec import Array, Elementwise, KernelSpec, elementwise
+from gpunn.math import losses
 
 SOURCE = Elementwise(
     "gpunn_bce_forward_backward",
@@ -31,11 +32,9 @@ SOURCES = [SOURCE]
 def binary_cross_entropy_reference(z: Array, y: Array, *, xp: Any) -> tuple[Array, Array]:
     """(mean loss as a 0-d array, dlogits of z's shape) for logits z (N,) or (N, 1), y 0/1.
 
-    Reference: ``gpunn.losses.binary_cross_entropy_forward`` and ``..._backward``; y has z's
-    shape and dtype (as ``BinaryCrossEntropy.forward`` prepares it).
+    Reference: ``gpunn.math.losses.binary_cross_entropy_forward`` and ``..._backward``; y has
+    z's shape and dtype (as ``BinaryCrossEntropy.forward`` prepares it).
     """
-    from gpunn import losses
-
     loss = losses.binary_cross_entropy_forward(z, y, xp=xp)
     return loss, losses.binary_cross_entropy_backward(z, y, xp=xp)
 
@@ -64,8 +63,8 @@ def _probe(impl: Any, xp: Any) -> list[Any]:
 BINARY_CROSS_ENTROPY = KernelSpec(
     name="binary_cross_entropy",
     repeats=(
-        "gpunn.losses.binary_cross_entropy_forward",
-        "gpunn.losses.binary_cross_entropy_backward",
+        "gpunn.math.losses.binary_cross_entropy_forward",
+        "gpunn.math.losses.binary_cross_entropy_backward",
     ),
     reference=binary_cross_entropy_reference,
     build_fused=_build,

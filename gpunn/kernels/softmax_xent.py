@@ -12,6 +12,7 @@ from typing import Any
 from gpunn.backend import host_rng
 from gpunn.kernels.cuda_source import read_cu
 from gpunn.kernels.spec import Array, KernelSpec, cached
+from gpunn.math import losses
 
 CU_FILE = "softmax_xent.cu"
 MAX_THREADS = 256  # per block: enough to stream a row of a few thousand classes
@@ -21,11 +22,9 @@ MAX_BLOCKS = 1 << 20  # the kernel loops over rows when N is larger
 def softmax_cross_entropy_reference(z: Array, y: Array, *, xp: Any) -> tuple[Array, Array]:
     """(mean loss as a 0-d array, dlogits (N, C)) for logits z (N, C) and int labels y (N,).
 
-    Reference: ``gpunn.losses.softmax_cross_entropy_forward`` then ``..._backward``. z is not
-    modified; the gradient is a new array.
+    Reference: ``gpunn.math.losses.softmax_cross_entropy_forward`` then ``..._backward``. z is
+    not modified; the gradient is a new array.
     """
-    from gpunn import losses
-
     loss, p = losses.softmax_cross_entropy_forward(z, y, xp=xp)
     return loss, losses.softmax_cross_entropy_backward(p, y, xp=xp)
 
@@ -75,8 +74,8 @@ def _probe(impl: Any, xp: Any) -> list[Any]:
 SOFTMAX_CROSS_ENTROPY = KernelSpec(
     name="softmax_cross_entropy",
     repeats=(
-        "gpunn.losses.softmax_cross_entropy_forward",
-        "gpunn.losses.softmax_cross_entropy_backward",
+        "gpunn.math.losses.softmax_cross_entropy_forward",
+        "gpunn.math.losses.softmax_cross_entropy_backward",
     ),
     reference=softmax_cross_entropy_reference,
     build_fused=_build,

@@ -6,8 +6,8 @@ whose math it repeats (the *reference*, used as the fallback and by the tests). 
 same operation text is compiled by CuPy at run time and by ``nvcc`` in the tests; kernels are built
 once per array module and cached here (never inside the training loop).
 
-gpunn.kernels imports nothing from gpunn but ``gpunn.backend`` at import time (the references
-import the core inside their bodies), so any core module can import ``gpunn.kernels``.
+gpunn.kernels sits one floor above the pure math (``gpunn.math``): it imports the functions it
+repeats and ``gpunn.backend``, and nothing below it imports the kernels.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Impl = Callable[..., Any]
-Array = Any  # a numpy.ndarray or a cupy.ndarray (as gpunn.layer.Array, not imported: see below)
+Array = Any  # a numpy.ndarray or a cupy.ndarray
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class KernelSpec:
     """One dispatchable operation: the fused fast path and the reference it must agree with."""
 
     name: str  # the dispatch name, e.g. "sgd_update"
-    #: the core functions whose math the kernel repeats, fully qualified ("gpunn.optim.sgd_update")
+    #: the functions whose math the kernel repeats ("gpunn.math.optim.sgd_update")
     repeats: tuple[str, ...]
     reference: Impl  # plain composition of core functions; same call signature as the fused form
     build_fused: Callable[[Any], Impl]  # xp -> fused implementation (compiles lazily, on CuPy)

@@ -1,10 +1,10 @@
 """Optimizer updates over the flat parameter buffer, each one elementwise kernel.
 
-``gpunn.optim.sgd_update`` and ``adam_update`` are written as whole-array NumPy/CuPy expressions:
-4 to 12 launches and as many temporaries per step. The kernels below read g, p and the state once
-and write p and the state once, with the same operations in the same order (per element).
-Scalars that depend only on the step (bias corrections, 1 - beta) are computed on the host in
-float64, as the reference does, and passed in.
+``gpunn.math.optim.sgd_update`` and ``adam_update`` are written as whole-array NumPy/CuPy
+expressions: 4 to 12 launches and as many temporaries per step. The kernels below read g, p
+and the state once and write p and the state once, with the same operations in the same order
+(per element). Scalars that depend only on the step (bias corrections, 1 - beta) are computed
+on the host in float64, as the reference does, and passed in.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 from gpunn.backend import host_rng
 from gpunn.kernels.spec import Array, Elementwise, KernelSpec, elementwise
+from gpunn.math.optim import adam_update, sgd_update
 
 # ------------------------------------------------------------------------------------------
 # SGD (torch.optim.SGD, dampening 0)
@@ -40,12 +41,8 @@ p = p - lr * d;""",
 )
 
 
-def sgd_update_reference(*args: Any, **kwargs: Any) -> None:
-    """One SGD step on flat arrays, in place: ``gpunn.optim.sgd_update`` itself (imported when
-    called, because the core imports gpunn.kernels)."""
-    from gpunn import optim
-
-    optim.sgd_update(*args, **kwargs)
+#: the reference is the update rule itself
+sgd_update_reference = sgd_update
 
 
 def _build_sgd(xp: Any) -> Any:
@@ -60,7 +57,7 @@ def _build_sgd(xp: Any) -> Any:
         weight_decay: float = 0.0,
         xp: Any,
     ) -> None:
-        """Fused form of gpunn.optim.sgd_update: one kernel updating p (and buf) in place."""
+        """Fused form of gpunn.math.optim.sgd_update: one kernel updating p (and buf) in place."""
         if momentum:
             kernel = elementwise(xp, SGD_MOMENTUM)
             kernel(g, lr, momentum, weight_decay, int(bool(nesterov)), p, buf)
@@ -93,7 +90,7 @@ def _probe_sgd(impl: Any, xp: Any) -> list[Any]:
 
 SGD_UPDATE = KernelSpec(
     name="sgd_update",
-    repeats=("gpunn.optim.sgd_update",),
+    repeats=("gpunn.math.optim.sgd_update",),
     reference=sgd_update_reference,
     build_fused=_build_sgd,
     probe=_probe_sgd,
@@ -122,11 +119,7 @@ p = p - step_size * (m / denom);""",
 )
 
 
-def adam_update_reference(*args: Any, **kwargs: Any) -> None:
-    """One Adam/AdamW step on flat arrays, in place: ``gpunn.optim.adam_update`` itself."""
-    from gpunn import optim
-
-    optim.adam_update(*args, **kwargs)
+adam_update_reference = adam_update
 
 
 def _build_adam(xp: Any) -> Any:
@@ -145,7 +138,7 @@ def _build_adam(xp: Any) -> Any:
         decoupled: bool = False,
         xp: Any,
     ) -> None:
-        """Fused form of gpunn.optim.adam_update: one kernel updating p, m and v in place."""
+        """Fused form of gpunn.math.optim.adam_update: one kernel updating p, m and v in place."""
         step_size = lr / (1 - beta1**step)  # host float64, as in the reference
         bias2_sqrt = math.sqrt(1 - beta2**step)
         decay = 1 - lr * weight_decay
@@ -198,7 +191,7 @@ def _probe_adam(impl: Any, xp: Any) -> list[Any]:
 
 ADAM_UPDATE = KernelSpec(
     name="adam_update",
-    repeats=("gpunn.optim.adam_update",),
+    repeats=("gpunn.math.optim.adam_update",),
     reference=adam_update_reference,
     build_fused=_build_adam,
     probe=_probe_adam,

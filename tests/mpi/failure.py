@@ -17,8 +17,8 @@ import warnings
 import numpy as np
 
 import gpunn
-from gpunn.callbacks import Callback
-from gpunn.distributed import get_communicator
+from gpunn.training.callbacks import Callback
+from gpunn.training.distributed import get_communicator
 
 
 class Sabotage(Callback):

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 import gpunn
-from gpunn.callbacks import Callback, ModelCheckpoint
-from gpunn.distributed import get_communicator, rank_backend
+from gpunn.training.callbacks import Callback, ModelCheckpoint
+from gpunn.training.distributed import get_communicator, rank_backend
 
 # name: (dtype, optimizer, samples, global batch, epochs); steps = epochs * ceil(samples / batch)
 CASES = {

@@ -12,6 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gpunn.checkpoint import save
+
 
 class Callback:
     """Base class: override the hooks you need."""
@@ -126,8 +128,6 @@ class ModelCheckpoint(Callback):
             if not self.tracker.improved(value):
                 return
             self.tracker.best = value
-        from gpunn.checkpoint import save
-
         target = Path(self.path.format(epoch=epoch))
         optimizer = self.optimizer if self.save_optimizer else None
         self.saved.append(save(self.model, target, optimizer, epoch=epoch))

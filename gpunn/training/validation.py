@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from gpunn.backend import namespace
-from gpunn.layer import Array
-from gpunn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
+from gpunn.nn.layer import Array
+from gpunn.nn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
 
 
 def check_x(X: Any, n_features: int | None, *, name: str = "X", dtype: Any = None) -> Array:

@@ -13,19 +13,17 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gpunn.callbacks import Callback
 from gpunn.errors import NonFiniteLossError
-from gpunn.layer import Array
-from gpunn.losses import Loss, SoftmaxCrossEntropy
-from gpunn.optim import Optimizer
-from gpunn.progress import Progress
-from gpunn.validation import check_batch_size, check_x, check_y
-
-if TYPE_CHECKING:
-    from gpunn.distributed import Communicator, DataParallel
-    from gpunn.model import Sequential
+from gpunn.model import Sequential
+from gpunn.nn.layer import Array
+from gpunn.nn.losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
+from gpunn.nn.optim import Optimizer
+from gpunn.training.callbacks import Callback
+from gpunn.training.distributed import Communicator, DataParallel
+from gpunn.training.progress import Progress
+from gpunn.training.validation import check_batch_size, check_x, check_y
 
 #: the share of free device memory a dataset may take before it is streamed in chunks
 DEVICE_MEMORY_SHARE = 0.5
@@ -116,8 +114,8 @@ def fit(
     resumed with ``initial_epoch`` (epochs already done) sees the batches an uninterrupted run
     would. Raises :class:`NonFiniteLossError` if the loss becomes NaN/inf.
 
-    With ``comm`` (a :mod:`gpunn.distributed` communicator of more than one rank) this is one
-    rank of a data-parallel run: ``batch_size`` is the global batch, each rank trains on its
+    With ``comm`` (a :mod:`gpunn.training.distributed` communicator of more than one rank) this
+    is one rank of a data-parallel run: ``batch_size`` is the global batch, each rank trains on its
     shard of it, and only rank 0 prints and writes checkpoints (see docs/distributed.md).
     """
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
@@ -153,8 +151,6 @@ def fit(
     seed = model.seed if seed is None else seed
     dp = None
     if comm is not None and comm.size > 1:
-        from gpunn.distributed import DataParallel
-
         same = {"seed": seed, "shuffle": shuffle, "epochs": epochs, "initial_epoch": initial_epoch}
         dp = DataParallel(comm, model, data.n, batch_size, same)  # broadcasts rank 0's weights
         callbacks = dp.wrap_callbacks(callbacks)
@@ -326,6 +322,4 @@ def _label_dtype(loss: Loss, model: Sequential) -> Any:
 
 
 def _default_loss(model: Sequential) -> Loss:
-    from gpunn.losses import BinaryCrossEntropy
-
     return BinaryCrossEntropy() if model.out_features == 1 else SoftmaxCrossEntropy()

@@ -1,9 +1,8 @@
-"""Optimizers with torch.optim's update rules, applied to the model's flat parameter buffer.
+"""Optimizer objects: hyperparameters, state arrays and the step count around an update rule.
 
-Each rule is a plain function of flat arrays (``sgd_update``, ``adam_update``) that updates the
-parameters in place; the optimizer classes hold the hyperparameters and the state (momentum,
-moments, step count). Hyperparameters mean what they mean in ``torch.optim``, so a gpunn run can
-be compared with a PyTorch run line by line.
+The rules themselves are ``gpunn.math.optim.sgd_update`` and ``adam_update``; ``step`` applies
+one to the model's whole flat parameter buffer at once, through ``gpunn.kernels`` (one fused
+kernel on CuPy).
 """
 
 from __future__ import annotations
@@ -13,82 +12,7 @@ from typing import Any, ClassVar
 
 from gpunn import kernels
 from gpunn.backend import namespace
-from gpunn.layer import Array
-
-# ------------------------------------------------------------------------------------------
-# Update rules (reference math; the GPU fast path repeats exactly these)
-# ------------------------------------------------------------------------------------------
-
-
-def sgd_update(
-    p: Array,
-    g: Array,
-    buf: Array | None,
-    *,
-    lr: float,
-    momentum: float = 0.0,
-    nesterov: bool = False,
-    weight_decay: float = 0.0,
-    xp: Any,
-) -> None:
-    """One torch.optim.SGD step (dampening 0) on flat arrays, in place.
-
-    d   = g + weight_decay * p
-    buf = momentum * buf + d          (buf starts at 0, so the first step gives buf = d)
-    d   = d + momentum * buf  if nesterov  else  buf     (only when momentum > 0)
-    p   = p - lr * d
-    """
-    d = g + weight_decay * p if weight_decay else g
-    if momentum:
-        buf *= momentum
-        buf += d
-        d = d + momentum * buf if nesterov else buf
-    p -= lr * d
-
-
-def adam_update(
-    p: Array,
-    g: Array,
-    m: Array,
-    v: Array,
-    *,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float = 0.0,
-    decoupled: bool = False,
-    xp: Any,
-) -> None:
-    """One torch.optim.Adam (``decoupled=False``) or AdamW (``decoupled=True``) step, in place.
-
-        Adam:  d = g + weight_decay * p          AdamW:  p = p * (1 - lr * weight_decay); d = g
-        m = beta1 * m + (1 - beta1) * d
-        v = beta2 * v + (1 - beta2) * d^2
-        p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
-
-    ``step`` is t, counted from 1. The bias corrections undo the zero start of m and v.
-    """
-    if weight_decay and decoupled:
-        p *= 1 - lr * weight_decay
-        d = g
-    else:
-        d = g + weight_decay * p if weight_decay else g
-    m *= beta1
-    m += (1 - beta1) * d
-    v *= beta2
-    v += (1 - beta2) * (d * d)
-    step_size = lr / (1 - beta1**step)
-    denom = xp.sqrt(v)
-    denom /= math.sqrt(1 - beta2**step)
-    denom += eps
-    p -= step_size * (m / denom)
-
-
-# ------------------------------------------------------------------------------------------
-# Optimizer objects
-# ------------------------------------------------------------------------------------------
+from gpunn.nn.layer import Array
 
 
 class Optimizer:
@@ -163,7 +87,7 @@ class SGD(Optimizer):
     """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay.
 
     Same rule as ``torch.optim.SGD(lr, momentum, nesterov=..., weight_decay=...)`` with
-    dampening 0; see :func:`sgd_update`.
+    dampening 0; see :func:`gpunn.math.optim.sgd_update`.
     """
 
     kind = "SGD"
@@ -203,7 +127,7 @@ class SGD(Optimizer):
 class Adam(Optimizer):
     """Adam with L2 weight decay added to the gradient, as ``torch.optim.Adam``.
 
-    See :func:`adam_update`; ``beta1``, ``beta2`` are torch's ``betas``.
+    See :func:`gpunn.math.optim.adam_update`; ``beta1``, ``beta2`` are torch's ``betas``.
     """
 
     kind = "Adam"

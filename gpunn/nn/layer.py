@@ -3,14 +3,13 @@
 A layer owns no arrays of its own until a :class:`~gpunn.model.Sequential` binds it to a
 backend. Binding hands it ``xp`` and its parameters and gradients as views into two flat
 buffers (one for all parameters, one for all gradients), so an optimizer updates the whole
-model with one vectorised expression.
+model with one vectorised expression. Once every layer is bound, the model tells each layer
+who its neighbours are (:meth:`Layer.connect`), so that layers can share work safely.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
-
-from gpunn import kernels
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray: the same code handles both
 
@@ -22,13 +21,11 @@ class Layer:
     #: how a Dense layer *before* this one should be initialised ("he" or "glorot")
     init_hint: ClassVar[str | None] = None
     #: forward returns a workspace of this layer that it never reads again, so the layer
-    #: after it may overwrite that output in place (see ``Sequential``)
+    #: after it may overwrite that output in place
     returns_scratch_output: ClassVar[bool] = False
     #: backward returns a workspace of this layer that it never reads again, so the layer
     #: before may overwrite that gradient in place
     returns_scratch_grad: ClassVar[bool] = False
-    #: the activation's name in gpunn.kernels ("relu", ...); None for other layers
-    act: ClassVar[str | None] = None
 
     def __init__(self) -> None:
         self.xp: Any = None
@@ -36,13 +33,6 @@ class Layer:
         self.params: dict[str, Array] = {}
         self.grads: dict[str, Array] = {}
         self._ws: dict[str, Array] = {}
-        #: set by Sequential when forward's input is the previous layer's scratch output, and
-        #: when backward's gradient is the next layer's scratch: a layer may then write over it
-        self.may_overwrite_x = False
-        self.may_overwrite_dy = False
-        #: set by Sequential on an activation right after a Dense layer: that Dense layer left
-        #: its bias for this layer to add, in the same pass as the activation
-        self.bias_from: Layer | None = None
 
     # --- parameters -------------------------------------------------------------------------
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -59,6 +49,14 @@ class Layer:
         self.params, self.grads = params, grads
         self._ws = {}
 
+    def connect(self, prev: Layer | None, nxt: Layer | None) -> None:
+        """Called once the whole model is bound, with the layers before and after this one.
+
+        The default does nothing. A layer that can save work given its neighbours (an activation
+        adding the previous Dense layer's bias in its own pass, or working in place on a
+        neighbour's scratch array) arranges it here, where both sides of the deal are known.
+        """
+
     def config(self) -> dict[str, Any]:
         """The constructor arguments: ``type(layer)(**layer.config())`` rebuilds the layer."""
         return {}
@@ -73,17 +71,6 @@ class Layer:
     def output_width(self, in_width: int) -> int:
         """Features per sample that come out when ``in_width`` go in."""
         return in_width
-
-    def bias_and_activation(
-        self, z: Array, out: Array, *, keep_z: bool, slope: float = 0.0
-    ) -> Array:
-        """a = act(z + b) with b the bias of ``bias_from``: one fused kernel on CuPy.
-
-        With ``keep_z`` z becomes z + b (for a backward that needs the pre-activation).
-        """
-        forward = kernels.get("bias_activation_forward", self.xp)
-        b = self.bias_from.params["b"]
-        return forward(z, b, self.act, slope=slope, xp=self.xp, out=out, keep_z=keep_z)
 
     # --- workspace ----------------------------------------------------------------------------
     def workspace(self, name: str, shape: tuple[int, ...]) -> Array:

@@ -41,7 +41,7 @@ from typing import Any
 import numpy
 
 from gpunn.backend import Backend, _import_cupy, _parse_spec, _probe_cupy, get_backend, namespace
-from gpunn.callbacks import Callback, ModelCheckpoint
+from gpunn.training.callbacks import Callback, ModelCheckpoint
 
 __all__ = [
     "COMM_ENV",
