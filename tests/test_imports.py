@@ -59,7 +59,7 @@ CONVENIENCES = {
 }
 
 #: modules that hold the math or run it on either backend: never NumPy or CuPy imports
-ARRAY_FREE = ("gpunn.math", "gpunn.kernels", "gpunn.nn", "gpunn.model", "gpunn.testing")
+ARRAY_FREE = ("gpunn.math", "gpunn.kernels", "gpunn.nn", "gpunn.model", "gpunn.testing.gradients")
 
 
 # ------------------------------------------------------------------------------------------
