@@ -106,9 +106,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, str
 
 def test_train_with_defaults(tmp_path: pathlib.Path) -> None:
     out = ok(run("train", cwd=tmp_path))
-    assert out.startswith("backend: ")
-    assert "Backend('numpy')" in out.splitlines()[0]
-    assert "digits: 1797 samples, 64 features" in out
+    assert out.splitlines()[0] == "backend: numpy (CPU)"
+    assert "1,797 samples x 64 features: 1,259 train, 179 validation, 359 test" in out
     assert "30 epochs, batch size 32" in out
     assert len(re.findall(r"^epoch \d+/30 ", out, re.MULTILINE)) == 30
     assert 90.0 <= reported_accuracy(out) <= 100.0
@@ -118,12 +117,11 @@ def test_train_with_defaults(tmp_path: pathlib.Path) -> None:
 
 def test_train_spirals_with_two_hidden_layers(tmp_path: pathlib.Path) -> None:
     out = ok(
-        run("train", "--dataset", "spirals", "--hidden", "64,64", "--epochs", "2", cwd=tmp_path)
+        run("train", "--dataset", "spirals", "--hidden", "64,32", "--epochs", "2", cwd=tmp_path)
     )
-    assert "spirals: 3000 samples, 2 features" in out
-    model_line = next(line for line in out.splitlines() if line.startswith("model:"))
-    widths = re.findall(r"Dense\(in_features=(\d+), out_features=(\d+)", model_line)
-    assert widths == [("2", "64"), ("64", "64"), ("64", "3")]
+    assert "3,000 samples x 2 features" in out
+    rows = re.findall(r"^ +\d+  Dense +(\d+) +([\d,]+)$", out, re.MULTILINE)
+    assert rows == [("64", "192"), ("32", "2,080"), ("3", "99")]  # widths and W + b counts
     assert reported_accuracy(out) > 33.4  # better than chance after 2 epochs
 
 
@@ -132,14 +130,16 @@ def test_train_on_a_data_file(
     tmp_path: pathlib.Path, files: dict[str, pathlib.Path], name: str
 ) -> None:
     out = ok(run("train", "--data", str(files[name]), "--epochs", "5", cwd=tmp_path))
-    assert f"{files[name]}: 300 samples, 4 features" in out
-    assert "Dense(in_features=4" in out and "out_features=3, init=None)]" in out
+    assert f"data:    {files[name].resolve()}, 70% / 10% / 20% split (seed 0)" in out
+    assert "300 samples x 4 features" in out
+    assert "classification, 3 classes, softmax cross-entropy" in out
     assert reported_accuracy(out) >= 90.0  # well-separated blobs
 
 
 def test_train_regression_from_csv(tmp_path: pathlib.Path, files: dict[str, pathlib.Path]) -> None:
     out = ok(run("train", "--data", str(files["regression.csv"]), "--epochs", "3", cwd=tmp_path))
     assert "test accuracy" not in out
+    assert "task:    regression, mean squared error (labels are not all whole numbers" in out
     assert re.search(r"^test loss: \d+\.\d+", out, re.MULTILINE)
 
 
@@ -152,6 +152,7 @@ def test_quiet_prints_no_progress(tmp_path: pathlib.Path) -> None:
 
 
 def test_plot_writes_a_png(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "curves").mkdir()
     out = ok(run("train", "--epochs", "2", "--plot", "curves/out.png", cwd=tmp_path))
     png = tmp_path / "curves" / "out.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -193,7 +194,7 @@ def test_evaluate_on_a_data_file(
         X, y = archive["X"], archive["y"]
     expected = gpunn.load(blobs_model, backend="numpy").evaluate(X, y)
     assert f"accuracy: {100 * expected['accuracy']:.2f}%" in out
-    assert "all 300 samples" in out
+    assert "every row (300 samples)" in out
 
 
 @pytest.mark.parametrize("out_name", ["preds.csv", "preds.npz", None])
@@ -245,7 +246,7 @@ def test_resume_continues_training(
     checkpoint, _ = trained
     args = ["--resume", str(checkpoint), "--epochs", "2", "--save", "more.st"]
     out = ok(run("train", *args, cwd=tmp_path))
-    assert f"resumed from {checkpoint} after epoch 3" in out
+    assert f"resumed from {checkpoint} after 3 epochs" in out
     assert re.findall(r"^epoch (\d+)/(\d+)", out, re.MULTILINE) == [("4", "5"), ("5", "5")]
     model, optimizer, info = gpunn.load_with_optimizer(tmp_path / "more.st", backend="numpy")
     assert info["epoch"] == 5
@@ -285,6 +286,12 @@ def test_info_lists_every_backend(tmp_path: pathlib.Path) -> None:
         (["train", "--epochs", "0"], ["--epochs", "positive integer"]),
         (["train", "--batch-size", "2.5"], ["--batch-size", "positive integer", "'2.5'"]),
         (["train", "--hidden", "64,x"], ["--hidden", "64,x"]),
+        (["train", "--hidden", ""], ["--hidden", "''", "empty width"]),
+        (["train", "--hidden", "64,,32"], ["--hidden", "64,,32", "empty width"]),
+        (["train", "--momentum", "0.5"], ["--momentum", "sgd only"]),
+        (["train", "--plot", "out/curves"], ["--plot out/curves", ".png"]),
+        (["train", "--plot", "c.xyz"], ["--plot c.xyz", ".png"]),
+        (["predict", "--checkpoint", "m", "--data", "x.csv", "--out", "p.json"], [".npz"]),
         (["train", "--lr", "-1"], ["--lr", "'-1'"]),
         (["train", "--dataset", "imagenet"], ["--dataset", "imagenet"]),
         (["train", "--data", "a.npz", "--dataset", "digits"], ["--data", "--dataset"]),
