@@ -1053,7 +1053,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not debug:  # overflow in a diverging run is reported as one NonFiniteLossError line
         warnings.filterwarnings("ignore", message=r".*(overflow|invalid value|divide by zero)")
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit as exc:  # --help and --version print, then exit 0
+            sys.stdout.flush()
+            return int(exc.code or 0)
         command = COMMANDS.get(args.command)
         # a subcommand that registered its own handler (bench) runs that
         status = int(args.func(args)) if command is None else command(args)
