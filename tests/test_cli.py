@@ -724,6 +724,7 @@ def test_sigint_during_training_saves_finished_epochs(tmp_path: pathlib.Path) ->
 def test_a_closed_pipe_ends_gpunn_quietly(tmp_path: pathlib.Path, args: list[str]) -> None:
     """`gpunn ... | head` ends without a traceback or "Broken pipe" message."""
     env = dict(os.environ, GPUNN_BACKEND="numpy")
+    env.pop("PYTHONUNBUFFERED", None)  # unbuffered, argparse's help swallows the error: exit 0
     proc = subprocess.Popen(
         [sys.executable, "-m", "gpunn", *args],
         cwd=tmp_path,
