@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="gpunn",
         description="Train and benchmark hand-written neural networks on NumPy or CuPy.",
-        epilog="Exit status: 0 ok, 1 runtime error, 2 usage error, 130 interrupted.",
+        epilog="Exit status: 0 ok, 1 runtime error, 2 usage error, 130 interrupted,\n"
+        "141 output pipe closed (gpunn ... | head).",
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"gpunn {__version__}")
@@ -981,7 +982,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     task = recorded.task if recorded is not None else "classification"
     if args.proba and task == "regression":
         raise UsageError(f"gpunn predict: --proba: {args.checkpoint} is a regression model")
-    backend = _backend(args.backend, args.tf32)
+    # stdout is data here, and the backend does not change it: no note about the fallback
+    backend = _backend(args.backend, args.tf32, quiet=True)
     model = checkpoint.load(args.checkpoint, backend=backend)
     if recorded is None and model.out_features == 1:
         _note(
