@@ -598,7 +598,9 @@ def test_a_checkpoint_without_the_data_entry_still_loads(saved: pathlib.Path) ->
     [
         ({"seed": "5"}, "'seed' must be int"),
         ({"dataset": "digits"}, "exactly one of 'dataset' and 'file'"),
-        ({"sha256": "xyz"}, "64 hex digits"),
+        ({"sha256": "abc"}, "64 hex digits"),
+        ({"sha256": "zz" * 32}, "64 hex digits"),
+        ({"sha256": None}, "64 hex digits"),
         ({"val": 1.5}, "fraction"),
         ({"test": float("inf")}, "'test' must be float"),
         ({"task": "ranking"}, "'task' must be one of"),
