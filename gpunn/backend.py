@@ -22,6 +22,7 @@ import functools
 import importlib
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -239,9 +240,15 @@ def get_backend(spec: str | Backend | None = None, *, tf32: bool | None = None) 
     """
     if isinstance(spec, Backend):
         return spec
+    from_env = spec is None
     if spec is None:
         spec = os.environ.get(ENV_VAR, "").strip() or "auto"
-    name, device = _parse_spec(spec)
+    try:
+        name, device = _parse_spec(spec)
+    except ValueError as exc:
+        if from_env:  # say where the bad value came from
+            raise ValueError(f"environment variable {ENV_VAR}: {exc}") from None
+        raise
     if name == "auto":
         usable, reason, _ = _probe_cupy(0)
         if usable:
@@ -249,7 +256,7 @@ def get_backend(spec: str | Backend | None = None, *, tf32: bool | None = None) 
         if reason not in _warned_fallback:
             _warned_fallback.add(reason)
             msg = f"gpunn: using the NumPy (CPU) backend because {reason}"
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warnings.warn(msg, RuntimeWarning, stacklevel=_user_stacklevel())
             log.info(msg)
         return _numpy_backend()
     if name == "numpy":
@@ -258,6 +265,19 @@ def get_backend(spec: str | Backend | None = None, *, tf32: bool | None = None) 
     if not usable:
         raise BackendUnavailableError(f"backend {spec!r} is not available: {reason}")
     return _make_cupy(device, tf32)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by this function's caller point at the
+    first line outside gpunn (the user's code that asked for the backend, however deep inside
+    gpunn the request was made)."""
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _numpy_backend() -> Backend:

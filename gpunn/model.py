@@ -187,6 +187,33 @@ class Sequential:
         """Set every gradient to 0 (``backward`` overwrites them, so this is rarely needed)."""
         self.flat_grads[...] = 0
 
+    # --- description --------------------------------------------------------------------------
+    def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
+        """A table of the layers: each one's output shape (per sample) and parameter count.
+
+        ``input_shape`` is one sample's shape (default: ``(in_features,)``). Each layer reports
+        its output shape through ``Layer.output_shape``, so any layer kind can join the table.
+        """
+        shape = input_shape if input_shape is not None else (self.in_features,)
+        if shape == (None,):
+            raise ValueError("this model does not know its input width: pass input_shape")
+        shape = tuple(int(d) for d in shape)
+        rows = [("", "input", _shape_text(shape), "")]
+        for i, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape)
+            count = sum(_prod(s) for s in layer.param_shapes().values())
+            rows.append((str(i), layer.describe(), _shape_text(shape), f"{count:,}"))
+        size = self.num_params * self.dtype.itemsize
+        rows.append(("", "total", "", f"{self.num_params:,}"))
+        header = ("#", "layer", "output shape", "parameters")
+        widths = [max(len(r[c]) for r in [header, *rows]) for c in range(4)]
+        lines = []
+        for r in [header, *rows]:
+            cells = [r[0].rjust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2])]
+            lines.append("  ".join([*cells, r[3].rjust(widths[3])]).rstrip())
+        lines[-1] += f"  ({self.dtype.name}, {_bytes_text(size)})"
+        return "\n".join(lines)
+
     # --- moving and copying -------------------------------------------------------------------
     def to(self, backend: str | Backend) -> Sequential:
         """A copy of this model with the same weights on ``backend`` (this model is unchanged)."""
@@ -224,6 +251,17 @@ class Sequential:
     def __repr__(self) -> str:
         inner = ", ".join(repr(layer) for layer in self.layers)
         return f"Sequential([{inner}], backend={self.backend.spec!r}, dtype={self.dtype.name!r})"
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    """``(128,)`` -> ``"128"``, ``(1, 28, 28)`` -> ``"1 x 28 x 28"``."""
+    return " x ".join(str(d) for d in shape)
+
+
+def _bytes_text(n: int) -> str:
+    if n < 1024:
+        return f"{n} bytes"
+    return f"{n / 1024:,.1f} KiB" if n < 1024**2 else f"{n / 1024**2:,.1f} MiB"
 
 
 def _prod(shape: tuple[int, ...]) -> int:

@@ -347,6 +347,30 @@ def test_env_var_garbage_raises_value_error(monkeypatch):
     assert gpunn.get_backend("numpy").name == "numpy"  # an explicit spec wins over the variable
 
 
+def test_env_var_garbage_names_the_variable(monkeypatch):
+    monkeypatch.setenv("GPUNN_BACKEND", "bogus")
+    with pytest.raises(ValueError, match=r"^environment variable GPUNN_BACKEND: .*'bogus'"):
+        gpunn.get_backend()
+    with pytest.raises(ValueError) as info:
+        gpunn.get_backend("bogus")  # an explicit spec is not the variable's fault
+    assert "GPUNN_BACKEND" not in str(info.value)
+
+
+def test_the_fallback_warning_points_at_the_callers_line(monkeypatch):
+    """The warning is raised deep inside gpunn (Sequential -> get_backend) but must show the
+    user's own line, the one that asked for a model."""
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.delenv("GPUNN_BACKEND", raising=False)
+    backend_module._clear_probe_cache()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        line = sys._getframe().f_lineno + 1
+        gpunn.Sequential([gpunn.Dense(2, 2)])
+    found = fallback_warnings(record)
+    assert len(found) == 1
+    assert (found[0].filename, found[0].lineno) == (__file__, line)
+
+
 @pytest.mark.parametrize("spec", ["gpu", "cuda", "cupy:", "cupy:x", "cupy:-1", "numpy:0", "", 3])
 def test_unknown_spec_raises_value_error_listing_valid_forms(spec):
     with pytest.raises(ValueError) as info:

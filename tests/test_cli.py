@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
+import io
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
 import gpunn
+import gpunn.datasets
+from gpunn import backend as backend_module
+from gpunn import cli
 from gpunn.datasets import blobs, digits, train_val_test_split
+from gpunn.training import loop
 
 ACCURACY = re.compile(r"^test accuracy: (\d+\.\d\d)%", re.MULTILINE)
 
@@ -106,9 +116,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, str
 
 def test_train_with_defaults(tmp_path: pathlib.Path) -> None:
     out = ok(run("train", cwd=tmp_path))
-    assert out.startswith("backend: ")
-    assert "Backend('numpy')" in out.splitlines()[0]
-    assert "digits: 1797 samples, 64 features" in out
+    assert out.splitlines()[0] == "backend: numpy (CPU)"
+    assert "1,797 samples x 64 features: 1,259 train, 179 validation, 359 test" in out
     assert "30 epochs, batch size 32" in out
     assert len(re.findall(r"^epoch \d+/30 ", out, re.MULTILINE)) == 30
     assert 90.0 <= reported_accuracy(out) <= 100.0
@@ -118,12 +127,11 @@ def test_train_with_defaults(tmp_path: pathlib.Path) -> None:
 
 def test_train_spirals_with_two_hidden_layers(tmp_path: pathlib.Path) -> None:
     out = ok(
-        run("train", "--dataset", "spirals", "--hidden", "64,64", "--epochs", "2", cwd=tmp_path)
+        run("train", "--dataset", "spirals", "--hidden", "64,32", "--epochs", "2", cwd=tmp_path)
     )
-    assert "spirals: 3000 samples, 2 features" in out
-    model_line = next(line for line in out.splitlines() if line.startswith("model:"))
-    widths = re.findall(r"Dense\(in_features=(\d+), out_features=(\d+)", model_line)
-    assert widths == [("2", "64"), ("64", "64"), ("64", "3")]
+    assert "3,000 samples x 2 features" in out
+    rows = re.findall(r"^ +\d+  Dense +(\d+) +([\d,]+)$", out, re.MULTILINE)
+    assert rows == [("64", "192"), ("32", "2,080"), ("3", "99")]  # widths and W + b counts
     assert reported_accuracy(out) > 33.4  # better than chance after 2 epochs
 
 
@@ -132,14 +140,16 @@ def test_train_on_a_data_file(
     tmp_path: pathlib.Path, files: dict[str, pathlib.Path], name: str
 ) -> None:
     out = ok(run("train", "--data", str(files[name]), "--epochs", "5", cwd=tmp_path))
-    assert f"{files[name]}: 300 samples, 4 features" in out
-    assert "Dense(in_features=4" in out and "out_features=3, init=None)]" in out
+    assert f"data:    {files[name].resolve()}, 70% / 10% / 20% split (seed 0)" in out
+    assert "300 samples x 4 features" in out
+    assert "classification, 3 classes, softmax cross-entropy" in out
     assert reported_accuracy(out) >= 90.0  # well-separated blobs
 
 
 def test_train_regression_from_csv(tmp_path: pathlib.Path, files: dict[str, pathlib.Path]) -> None:
     out = ok(run("train", "--data", str(files["regression.csv"]), "--epochs", "3", cwd=tmp_path))
     assert "test accuracy" not in out
+    assert "task:    regression, mean squared error (labels are not all whole numbers" in out
     assert re.search(r"^test loss: \d+\.\d+", out, re.MULTILINE)
 
 
@@ -152,6 +162,7 @@ def test_quiet_prints_no_progress(tmp_path: pathlib.Path) -> None:
 
 
 def test_plot_writes_a_png(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "curves").mkdir()
     out = ok(run("train", "--epochs", "2", "--plot", "curves/out.png", cwd=tmp_path))
     png = tmp_path / "curves" / "out.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -193,7 +204,7 @@ def test_evaluate_on_a_data_file(
         X, y = archive["X"], archive["y"]
     expected = gpunn.load(blobs_model, backend="numpy").evaluate(X, y)
     assert f"accuracy: {100 * expected['accuracy']:.2f}%" in out
-    assert "all 300 samples" in out
+    assert "every row (300 samples)" in out
 
 
 @pytest.mark.parametrize("out_name", ["preds.csv", "preds.npz", None])
@@ -245,7 +256,7 @@ def test_resume_continues_training(
     checkpoint, _ = trained
     args = ["--resume", str(checkpoint), "--epochs", "2", "--save", "more.st"]
     out = ok(run("train", *args, cwd=tmp_path))
-    assert f"resumed from {checkpoint} after epoch 3" in out
+    assert f"resumed from {checkpoint} after 3 epochs" in out
     assert re.findall(r"^epoch (\d+)/(\d+)", out, re.MULTILINE) == [("4", "5"), ("5", "5")]
     model, optimizer, info = gpunn.load_with_optimizer(tmp_path / "more.st", backend="numpy")
     assert info["epoch"] == 5
@@ -285,6 +296,12 @@ def test_info_lists_every_backend(tmp_path: pathlib.Path) -> None:
         (["train", "--epochs", "0"], ["--epochs", "positive integer"]),
         (["train", "--batch-size", "2.5"], ["--batch-size", "positive integer", "'2.5'"]),
         (["train", "--hidden", "64,x"], ["--hidden", "64,x"]),
+        (["train", "--hidden", ""], ["--hidden", "''", "empty width"]),
+        (["train", "--hidden", "64,,32"], ["--hidden", "64,,32", "empty width"]),
+        (["train", "--momentum", "0.5"], ["--momentum", "sgd only"]),
+        (["train", "--plot", "out/curves"], ["--plot out/curves", ".png"]),
+        (["train", "--plot", "c.xyz"], ["--plot c.xyz", ".png"]),
+        (["predict", "--checkpoint", "m", "--data", "x.csv", "--out", "p.json"], [".npz"]),
         (["train", "--lr", "-1"], ["--lr", "'-1'"]),
         (["train", "--dataset", "imagenet"], ["--dataset", "imagenet"]),
         (["train", "--data", "a.npz", "--dataset", "digits"], ["--data", "--dataset"]),
@@ -364,3 +381,424 @@ def test_debug_shows_the_traceback(tmp_path: pathlib.Path) -> None:
     assert result.returncode == 1
     assert "Traceback (most recent call last)" in result.stderr
     assert "FileNotFoundError" in result.stderr and "missing.npz" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# In-process runs of `gpunn` (no interpreter start-up): the workflows across commands
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Result:
+    status: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def gpunn_cli(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., Result]:
+    """``gpunn_cli(*args)`` runs ``gpunn.cli.main(args)`` in tmp_path on NumPy."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPUNN_BACKEND", "numpy")
+    monkeypatch.setenv("GPUNN_DATA", str(tmp_path / "gpunn-cache"))
+
+    def call(*args: str) -> Result:
+        status = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return Result(status, out, err)
+
+    return call
+
+
+def params(path: pathlib.Path) -> tuple[np.ndarray, Any, dict[str, Any]]:
+    model, optimizer, info = gpunn.load_with_optimizer(path, backend="numpy")
+    return model.flat_params, optimizer, info
+
+
+def test_evaluate_and_resume_use_the_split_the_checkpoint_was_trained_on(
+    gpunn_cli: Callable[..., Result], tmp_path: pathlib.Path
+) -> None:
+    trained = gpunn_cli("train", "--seed", "5", "--epochs", "2", "--save", "s5.st")
+    assert trained.status == 0, trained.err
+    data = gpunn.checkpoint.read_info(tmp_path / "s5.st")["data"]
+    assert (data["dataset"], data["seed"], data["val"], data["test"]) == ("digits", 5, 0.1, 0.2)
+    assert (data["task"], data["classes"]) == ("classification", 10)
+
+    scored = gpunn_cli("evaluate", "--checkpoint", "s5.st")
+    assert scored.status == 0, scored.err
+    assert "seed 5): the 359 test rows of 1,797, as recorded in the checkpoint" in scored.out
+    match = re.search(r"^accuracy: (\d+\.\d\d)%", scored.out, re.MULTILINE)
+    assert match and float(match.group(1)) == reported_accuracy(trained.out)
+
+    # resuming for 1 epoch gives bit for bit the model of an uninterrupted 3-epoch run: the
+    # same training rows, in the same batch order, from the same optimizer state
+    assert gpunn_cli("train", "--resume", "s5.st", "--epochs", "1", "--save", "r.st").status == 0
+    assert gpunn_cli("train", "--seed", "5", "--epochs", "3", "--save", "u.st").status == 0
+    resumed, opt_r, info_r = params(tmp_path / "r.st")
+    straight, opt_u, info_u = params(tmp_path / "u.st")
+    np.testing.assert_array_equal(resumed, straight)
+    assert opt_r.step_count == opt_u.step_count == 3 * 40  # 1,259 rows in batches of 32
+    assert info_r["epoch"] == 3 and info_r["data"] == info_u["data"]
+
+
+def test_a_spirals_model_is_evaluated_on_spirals(
+    gpunn_cli: Callable[..., Result],
+) -> None:
+    args = ["--dataset", "spirals", "--seed", "2", "--epochs", "2", "--hidden", "16"]
+    trained = gpunn_cli("train", *args, "--save", "sp.st")
+    scored = gpunn_cli("evaluate", "--checkpoint", "sp.st")
+    assert scored.status == 0, scored.err
+    assert "spirals, 70% / 10% / 20% split (seed 2): the 600 test rows of 3,000" in scored.out
+    assert f"accuracy: {reported_accuracy(trained.out):.2f}%" in scored.out
+
+
+def test_a_file_model_is_evaluated_on_the_test_rows_of_that_file(
+    gpunn_cli: Callable[..., Result], files: dict[str, pathlib.Path], tmp_path: pathlib.Path
+) -> None:
+    data = tmp_path / "b.csv"
+    data.write_bytes(files["blobs.csv"].read_bytes())
+    trained = gpunn_cli("train", "--data", "b.csv", "--epochs", "3", "--save", "b.st")
+    assert trained.status == 0, trained.err
+    scored = gpunn_cli("evaluate", "--checkpoint", "b.st")
+    assert "the 60 test rows of 300, as recorded in the checkpoint" in scored.out
+    assert f"accuracy: {reported_accuracy(trained.out):.2f}%" in scored.out
+
+    every = gpunn_cli("evaluate", "--checkpoint", "b.st", "--data", "b.csv")
+    assert "b.csv: every row (300 samples)" in every.out
+    assert "is the file b.st was trained on" in every.err and "training rows" in every.err
+
+    with open(data, "a") as fh:
+        fh.write("1,2,3,4,0\n")
+    changed = gpunn_cli("evaluate", "--checkpoint", "b.st")
+    assert changed.status == 1 and "has changed since the model was trained" in changed.err
+
+
+@pytest.fixture(scope="module")
+def digits_st(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """A digits model (seed 5, 1 epoch, Adam) saved with its data source."""
+    root = tmp_path_factory.mktemp("cli-inproc")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("GPUNN_BACKEND", "numpy")
+        assert cli.main(["train", "--seed", "5", "--epochs", "1", "--quiet", "--save", "m.st"]) == 0
+    return root / "m.st"
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--hidden", "64"], ["--hidden 64", "hidden is 128"]),
+        (["--activation", "tanh"], ["--activation tanh", "relu"]),
+        (["--optimizer", "sgd"], ["--optimizer sgd", "adam"]),
+        (["--dtype", "float64"], ["--dtype float64", "float32"]),
+        (["--momentum", "0.5"], ["--momentum", "sgd only", "Adam"]),
+        (["--seed", "3"], ["--seed 3", "seed 5", "test rows"]),
+        (["--task", "regression"], ["--task regression", "classification model"]),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) and v[0].startswith("--") else None,
+)
+def test_resume_refuses_flags_that_would_change_the_model_or_its_data(
+    gpunn_cli: Callable[..., Result], digits_st: pathlib.Path, flags: list[str], words: list[str]
+) -> None:
+    result = gpunn_cli("train", "--resume", digits_st, "--epochs", "1", *flags)
+    assert result.status == 2 and result.out == ""
+    assert len(result.err.splitlines()) == 1
+    for word in words:
+        assert word in result.err, result.err
+
+
+def test_resume_takes_a_new_learning_rate_and_says_so(
+    gpunn_cli: Callable[..., Result], digits_st: pathlib.Path
+) -> None:
+    result = gpunn_cli("train", "--resume", digits_st, "--epochs", "1", "--lr", "0.0005")
+    assert result.status == 0, result.err
+    assert "learning rate set to 0.0005 (the checkpoint's was 0.001)" in result.err
+    assert "Adam (lr 0.0005" in result.out
+
+
+def test_evaluate_refuses_another_seed_and_announces_other_data(
+    gpunn_cli: Callable[..., Result], digits_st: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    other = gpunn_cli("evaluate", "--checkpoint", digits_st, "--seed", "0")
+    assert other.status == 2 and "--seed 0 conflicts" in other.err
+    same = gpunn_cli("evaluate", "--checkpoint", digits_st, "--seed", "5", "--dataset", "digits")
+    assert same.status == 0 and "as recorded in the checkpoint" in same.out
+    # a checkpoint without a data entry (saved from Python): evaluate says what it assumes
+    gpunn.load(digits_st, backend="numpy").save(tmp_path / "plain.st")
+    old = gpunn_cli("evaluate", "--checkpoint", "plain.st")
+    assert old.status == 0
+    assert "does not record the data it was trained on" in old.err
+    assert "digits, 70% / 10% / 20% split (seed 0)" in old.err
+
+
+def write_npz(path: pathlib.Path, X: np.ndarray, y: np.ndarray) -> pathlib.Path:
+    np.savez(path, X=X, y=y)
+    return path
+
+
+def test_labels_1_to_10_are_refused_with_a_hint_or_trained_as_regression_on_request(
+    gpunn_cli: Callable[..., Result], tmp_path: pathlib.Path
+) -> None:
+    rng = np.random.default_rng(0)
+    write_npz(tmp_path / "l.npz", rng.normal(size=(100, 3)), np.arange(100) % 10 + 1)
+    refused = gpunn_cli("train", "--data", "l.npz", "--epochs", "1")
+    assert refused.status == 1 and refused.out == ""
+    assert "labels 1..10 never use 0 (labels 1..K: subtract 1 from each)" in refused.err
+    regression = gpunn_cli("train", "--data", "l.npz", "--epochs", "1", "--task", "regression")
+    assert regression.status == 0, regression.err
+    assert "task:    regression, mean squared error (as asked)" in regression.out
+
+
+def test_fractional_labels_on_a_classification_model_are_named_as_such(
+    gpunn_cli: Callable[..., Result], digits_st: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    X, y = digits()
+    y = y[:50].astype(np.float64)
+    y[7] = 2.5
+    write_npz(tmp_path / "f.npz", X[:50], y)
+    result = gpunn_cli("evaluate", "--checkpoint", digits_st, "--data", "f.npz")
+    assert result.status == 1
+    assert "whole-number labels 0..K-1, but row 8 holds 2.5" in result.err
+    assert "shape" not in result.err
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--save", "nodir/m.st"], ["--save nodir/m.st", "folder nodir does not exist", "mkdir"]),
+        (["--save", "."], ["--save .", "is a folder"]),
+        (["--plot", "nodir/c.png"], ["--plot nodir/c.png", "does not exist"]),
+    ],
+)
+def test_output_paths_are_checked_before_training(
+    gpunn_cli: Callable[..., Result], flags: list[str], words: list[str]
+) -> None:
+    result = gpunn_cli("train", "--epochs", "1", *flags)
+    assert result.status == 1 and result.out == ""  # no epoch was trained
+    for word in words:
+        assert word in result.err, result.err
+
+
+def test_an_unwritable_save_folder_is_found_before_training(
+    gpunn_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: Any, **kwargs: Any) -> Any:  # as a read-only folder does (not for root)
+        raise PermissionError(13, "Permission denied", "out/.m.st.probe-123")
+
+    pathlib.Path("out").mkdir()
+    monkeypatch.setattr(cli.tempfile, "mkstemp", refused)
+    result = gpunn_cli("train", "--epochs", "1", "--save", "out/m.st")
+    assert result.status == 1 and result.out == ""
+    assert "--save out/m.st: cannot write in the folder out (Permission denied)" in result.err
+    assert "probe" not in result.err
+
+
+def test_plot_without_matplotlib_is_refused_before_training(
+    gpunn_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    result = gpunn_cli("train", "--epochs", "1", "--plot", "c.png")
+    assert result.status == 1 and result.out == ""
+    assert "--plot c.png needs matplotlib" in result.err and "gpunn[plot]" in result.err
+
+
+def test_a_bad_backend_variable_is_named(
+    gpunn_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPUNN_BACKEND", "bogus")
+    result = gpunn_cli("train", "--epochs", "1")
+    assert result.status == 2 and "environment variable GPUNN_BACKEND" in result.err
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The automatic backend with CuPy missing: it falls back to NumPy."""
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    backend_module._clear_probe_cache()
+    yield
+    backend_module._clear_probe_cache()
+
+
+NO_GPU_NOTE = "no usable CUDA GPU, running on the CPU with NumPy ('gpunn info' says why)"
+
+
+def test_the_cpu_fallback_is_one_short_note_and_none_with_quiet(
+    gpunn_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch, no_gpu: None
+) -> None:
+    monkeypatch.delenv("GPUNN_BACKEND")
+    loud = gpunn_cli("train", "--dataset", "blobs", "--epochs", "1", "--save", "b.st")
+    notes = [line for line in loud.err.splitlines() if line.startswith("note:")]
+    assert notes == [
+        "note: no usable CUDA GPU, running on the CPU with NumPy ('gpunn info' says why)"
+    ]
+    backend_module._clear_probe_cache()
+    quiet = gpunn_cli("train", "--dataset", "blobs", "--epochs", "1", "--quiet")
+    assert quiet.status == 0 and quiet.err == ""
+
+
+def interrupt_in_epoch(monkeypatch: pytest.MonkeyPatch, epoch: int, after_steps: int) -> None:
+    """Make Ctrl-C arrive in the middle of ``epoch`` (after some of its steps)."""
+    real_epoch = loop._epoch
+    calls = {"epochs": 0}
+
+    def epoch_with_interrupt(model: Any, loss: Any, optimizer: Any, *args: Any) -> Any:
+        calls["epochs"] += 1
+        if calls["epochs"] == epoch:
+            real_step, steps = optimizer.step, {"n": 0}
+
+            def step(m: Any) -> None:
+                steps["n"] += 1
+                if steps["n"] > after_steps:
+                    raise KeyboardInterrupt
+                real_step(m)
+
+            optimizer.step = step
+        return real_epoch(model, loss, optimizer, *args)
+
+    monkeypatch.setattr(loop, "_epoch", epoch_with_interrupt)
+
+
+def test_ctrl_c_saves_the_last_finished_epoch(
+    gpunn_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    args = ["--dataset", "blobs", "--seed", "1", "--epochs", "5"]
+    interrupt_in_epoch(monkeypatch, epoch=3, after_steps=7)
+    result = gpunn_cli("train", *args, "--save", "m.st")
+    assert result.status == 130
+    assert "interrupted; saved the weights after epoch 2 to m.st" in result.err
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPUNN_BACKEND", "numpy")
+    assert gpunn_cli("train", *args[:-1], "2", "--save", "two.st").status == 0
+    saved, opt_s, info_s = params(tmp_path / "m.st")
+    two, opt_2, info_2 = params(tmp_path / "two.st")
+    np.testing.assert_array_equal(saved, two)  # the end of epoch 2, not 7 steps into epoch 3
+    assert opt_s.step_count == opt_2.step_count and info_s["epoch"] == 2
+    np.testing.assert_array_equal(opt_s.state["exp_avg"], opt_2.state["exp_avg"])
+    assert info_s["data"] == info_2["data"]
+
+
+def test_ctrl_c_without_save_or_before_an_epoch_finished_saves_nothing(
+    gpunn_cli: Callable[..., Result], monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    interrupt_in_epoch(monkeypatch, epoch=2, after_steps=3)
+    result = gpunn_cli("train", "--dataset", "blobs", "--epochs", "3")
+    assert result.status == 130 and "after epoch 1: nothing saved (--save PATH" in result.err
+    interrupt_in_epoch(monkeypatch, epoch=1, after_steps=3)
+    first = gpunn_cli("train", "--dataset", "blobs", "--epochs", "3", "--save", "m.st")
+    assert first.status == 130 and "before the first epoch finished" in first.err
+    assert not (tmp_path / "m.st").exists()
+
+
+def test_sigint_during_training_saves_finished_epochs(tmp_path: pathlib.Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "TTY_COMPATIBLE")}
+    env.update(GPUNN_BACKEND="numpy", PYTHONUNBUFFERED="1")
+    args = ["--dataset", "blobs", "--epochs", "100000", "--save", "m.st"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpunn", "train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # a line as each epoch ends: wait until two are done
+            if line.startswith("epoch 3/"):
+                break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    match = re.search(r"saved the weights after epoch (\d+) to m\.st", err)
+    assert match, err
+    _, _, info = params(tmp_path / "m.st")
+    assert info["epoch"] == int(match.group(1)) >= 2
+
+
+@pytest.mark.parametrize("args", [["info"], ["train", "--help"]])
+def test_a_closed_pipe_ends_gpunn_quietly(tmp_path: pathlib.Path, args: list[str]) -> None:
+    """`gpunn ... | head` ends without a traceback or "Broken pipe" message."""
+    env = dict(os.environ, GPUNN_BACKEND="numpy")
+    env.pop("PYTHONUNBUFFERED", None)  # unbuffered, argparse's help swallows the error: exit 0
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpunn", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before gpunn writes anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, err
+    assert err == ""
+
+
+def test_predict_gives_probabilities_on_request(
+    gpunn_cli: Callable[..., Result], digits_st: pathlib.Path, files: dict[str, pathlib.Path]
+) -> None:
+    data = files["digits-test"]
+    labels = gpunn_cli("predict", "--checkpoint", digits_st, "--data", data)
+    proba = gpunn_cli("predict", "--checkpoint", digits_st, "--data", data, "--proba")
+    assert proba.status == 0, proba.err
+    P = np.loadtxt(io.StringIO(proba.out), delimiter=",")
+    assert P.shape == (359, 10) and (P >= 0).all()
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(P.argmax(axis=1), np.loadtxt(io.StringIO(labels.out)))
+    gpunn_cli("predict", "--checkpoint", digits_st, "--data", data, "--proba", "--out", "p.npz")
+    with np.load("p.npz") as archive:
+        np.testing.assert_allclose(archive["proba"], P, atol=1e-6)
+
+
+def test_predict_on_binary_and_regression_models(
+    gpunn_cli: Callable[..., Result], tmp_path: pathlib.Path, files: dict[str, pathlib.Path]
+) -> None:
+    X, y = blobs(200, centers=2, features=1, seed=3)
+    write_npz(tmp_path / "two.npz", X, y)
+    assert gpunn_cli("train", "--data", "two.npz", "--epochs", "2", "--save", "two.st").status == 0
+    (tmp_path / "one.csv").write_text("\n".join(f"{v:.6f}" for v in X[:20, 0]) + "\n")
+    proba = gpunn_cli("predict", "--checkpoint", "two.st", "--data", "one.csv", "--proba")
+    assert proba.status == 0, proba.err
+    P = np.loadtxt(io.StringIO(proba.out), delimiter=",")
+    assert P.shape == (20, 2)
+    np.testing.assert_allclose(P.sum(axis=1), 1.0, atol=1e-6)
+
+    reg = files["regression.csv"]
+    assert gpunn_cli("train", "--data", reg, "--epochs", "2", "--save", "r.st").status == 0
+    values = gpunn_cli("predict", "--checkpoint", "r.st", "--data", reg)
+    assert "the last column is taken as labels and ignored" in values.err
+    got = np.loadtxt(io.StringIO(values.out))
+    Xr, _ = gpunn.datasets.load_file(reg)
+    want = gpunn.load(tmp_path / "r.st", backend="numpy").predict(Xr)[:, 0]
+    np.testing.assert_allclose(got, want, rtol=1e-6)  # values, not 0/1 labels
+    refused = gpunn_cli("predict", "--checkpoint", "r.st", "--data", reg, "--proba")
+    assert refused.status == 2 and "regression model" in refused.err
+
+
+def test_spirals_trains_well_with_its_defaults(gpunn_cli: Callable[..., Result]) -> None:
+    result = gpunn_cli("train", "--dataset", "spirals", "--quiet")
+    assert result.status == 0, result.err
+    assert reported_accuracy(result.out) >= 99.0  # the data set's docstring promises 100 %
+
+
+def test_version_and_help(gpunn_cli: Callable[..., Result]) -> None:
+    version = gpunn_cli("--version")
+    assert version.status == 0 and version.out.strip() == f"gpunn {gpunn.__version__}"
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in ("info", "train", "evaluate", "predict"):
+        for action in subparsers.choices[name]._actions:
+            assert action.help, (name, action.option_strings)
+    train = gpunn_cli("train", "--help").out
+    assert "--seed N" in train and "(default: 0; with --resume: the checkpoint's)" in train
+    assert "spirals        64,64     50        32            0.01" in train
+    assert "(default: relu)" in train and "(default: adam)" in train
+    evaluate = gpunn_cli("evaluate", "--help").out
+    assert "scores the test rows of the split" in evaluate and "every row" in evaluate
+    predict = gpunn_cli("predict", "--help").out
+    assert "class label" in predict and "--proba" in predict

@@ -59,6 +59,10 @@ class Dense(Layer):
     def output_width(self, in_width: int) -> int:
         return self.out_features
 
+    def describe(self) -> str:
+        # the widths show in the summary's shapes; only an explicit init is worth a word
+        return f"Dense(init={self.init})" if self.init else "Dense"
+
     def connect(self, prev: Layer | None, nxt: Layer | None) -> None:
         self.defer_bias = False  # until an activation after this layer takes the bias over
 

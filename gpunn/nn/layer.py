@@ -72,6 +72,17 @@ class Layer:
         """Features per sample that come out when ``in_width`` go in."""
         return in_width
 
+    def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of one sample's output for one sample of shape ``in_shape`` (no batch
+        axis). The default keeps every axis but the last, whose width ``output_width`` gives;
+        a layer that changes other axes (a convolution) overrides this."""
+        return (*in_shape[:-1], self.output_width(in_shape[-1]))
+
+    def describe(self) -> str:
+        """A short label for ``Sequential.summary``: the kind and the settings that are set."""
+        args = ", ".join(f"{k}={v}" for k, v in self.config().items() if v is not None)
+        return f"{self.kind}({args})" if args else self.kind
+
     # --- workspace ----------------------------------------------------------------------------
     def workspace(self, name: str, shape: tuple[int, ...]) -> Array:
         """A scratch array reused across steps while the shape stays the same.

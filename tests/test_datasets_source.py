@@ -1,0 +1,96 @@
+"""Tests for gpunn.datasets.source: data provenance, exact split rebuilding, the task rules."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from gpunn import checkpoint
+from gpunn.datasets import blobs, spirals, train_val_test_split
+from gpunn.datasets.source import (
+    DataSource,
+    builtin,
+    data_file,
+    infer_task,
+    load_split,
+)
+
+
+def test_a_builtin_source_rebuilds_the_split_of_its_seed():
+    source = builtin("spirals", seed=5)
+    split = load_split(source)
+    X, y = spirals(3000, seed=5)
+    expected = train_val_test_split(X, y, val=0.1, test=0.2, seed=5)
+    for got, want in zip((split.train, split.val, split.test), expected, strict=True):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    other = load_split(source.with_seed(6))
+    assert not np.array_equal(other.test[0], split.test[0])
+
+
+def test_a_source_is_a_valid_checkpoint_data_entry_and_round_trips():
+    for source in (builtin("digits", 3), builtin("mnist", 0), builtin("blobs", 1)):
+        entry = {**source.as_dict(), "task": "classification", "classes": 3}
+        assert checkpoint.check_data(entry) == entry
+        assert DataSource.from_dict(entry).same_data(source)
+    assert builtin("mnist", 0).test is None  # its own test set
+
+
+def test_a_file_source_records_the_absolute_path_and_sha256(tmp_path, monkeypatch):
+    X, y = blobs(50, features=3, seed=0)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    monkeypatch.chdir(tmp_path)
+    source = data_file("d.npz", seed=2)
+    assert source.file == str(tmp_path / "d.npz")
+    assert source.sha256 == hashlib.sha256((tmp_path / "d.npz").read_bytes()).hexdigest()
+    split = load_split(source)
+    assert split.n_samples == 50 and len(split.test[1]) == 10
+    checkpoint.check_data({**source.as_dict(), "task": "classification", "classes": 3})
+    # the same bytes elsewhere are the same data; other bytes are not
+    (tmp_path / "copy.npz").write_bytes((tmp_path / "d.npz").read_bytes())
+    assert data_file(tmp_path / "copy.npz", 0).same_data(source)
+    np.savez(tmp_path / "d.npz", X=X[:40], y=y[:40])
+    assert not data_file("d.npz", 2).same_data(source)
+    with pytest.raises(ValueError, match="d.npz has changed since the model was trained"):
+        load_split(source)
+    (tmp_path / "d.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="not there any more"):
+        load_split(source)
+
+
+@pytest.mark.parametrize(
+    ("y", "kind", "classes", "outputs"),
+    [
+        (np.array([0, 1, 2, 1, 0]), "classification", 3, 3),
+        (np.array([1, 0, 1]), "classification", 2, 1),
+        (np.array([0.5, 1.0, 2.0], dtype=np.float32), "regression", None, 1),
+    ],
+)
+def test_the_task_follows_the_documented_rules(y, kind, classes, outputs):
+    task = infer_task(y)
+    assert (task.kind, task.classes, task.outputs, task.guessed) == (kind, classes, outputs, True)
+
+
+@pytest.mark.parametrize(
+    ("y", "words"),
+    [
+        (np.arange(1, 11), ["labels 1..10 never use 0", "subtract 1"]),
+        (np.array([0, 1, 3]), ["never use 2"]),
+        (np.array([-1, 1, 0]), ["found -1"]),
+        (np.array([2, 2]), ["all labels are 2"]),
+    ],
+)
+def test_class_labels_that_are_not_0_to_k_minus_1_are_refused(y, words):
+    with pytest.raises(ValueError) as info:
+        infer_task(y, where="d.csv")
+    for word in ["d.csv", *words]:
+        assert word in str(info.value)
+
+
+def test_an_explicit_task_wins_and_a_test_set_may_lack_a_class():
+    assert infer_task(np.arange(1, 11), "regression").kind == "regression"
+    with pytest.raises(ValueError, match="row 2 holds 1.5"):
+        infer_task(np.array([1.0, 1.5]), "classification")
+    assert infer_task(np.array([0, 2]), "classification", complete=False).classes == 3
