@@ -215,7 +215,10 @@ def test_history_has_keys_and_a_short_repr() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fraction", "held_out"), [(0.2, 10), (0.1, 5), (0.5, 25), (0.02, 1)])
+@pytest.mark.parametrize(
+    ("fraction", "held_out"),
+    [(0.2, 10), (0.1, 5), (0.5, 25), (0.02, 1), (0.05, 3), (np.float32(0.3), 15)],
+)
 def test_validation_split_holds_out_the_last_rows(fraction: float, held_out: int) -> None:
     """validation_split=f trains on the first N - round(f N) rows and validates on the rest,
     exactly as validation_data with those rows does (same weights, same metrics)."""

@@ -10,6 +10,7 @@ made to wait for the host inside an epoch.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -58,8 +59,8 @@ class History:
         return iter(self.history)
 
     def __repr__(self) -> str:
-        """``History(3 epochs, last: loss 0.1234, accuracy 0.9700)``: the size and the last
-        epoch's main metrics, not every list (those are in ``history.history``)."""
+        """``History(3 epochs [1-3], last: loss 0.1234, accuracy 0.9700)``: how many epochs,
+        their numbers and the last one's main metrics, not every list (``history.history``)."""
         if not self.epoch:
             return "History(0 epochs)"
         span = f"{self.epoch[0]}-{self.epoch[-1]}" if len(self.epoch) > 1 else f"{self.epoch[0]}"
@@ -144,8 +145,8 @@ def fit(
     ``validation_split`` (a fraction in (0, 1), exclusive with ``validation_data``) holds out
     the *last* ``round(fraction * N)`` rows of X and y, as given and before any shuffling (as
     Keras does), and evaluates them after every epoch like ``validation_data``: the split is
-    the same in every run and on every rank. Rows ordered by class should be shuffled first;
-    a split that holds a class the training rows lack is refused for that reason.
+    the same in every run and on every rank. Rows must not be ordered by class: labels sorted
+    by class, or a split holding a class the training rows lack, are refused (shuffle first).
 
     With ``comm`` (a :mod:`gpunn.training.distributed` communicator of more than one rank) this
     is one rank of a data-parallel run: ``batch_size`` is the global batch, each rank trains on its
@@ -261,12 +262,12 @@ def _split_off_validation(
     X: Array, y: Array, fraction: Any, loss: Loss
 ) -> tuple[Array, Array, tuple[Array, Array]]:
     """(X_train, y_train, (X_val, y_val)): the last ``round(fraction * N)`` rows held out."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
         raise ValueError(f"validation_split must be a fraction in (0, 1), found {fraction!r}")
     if not 0 < fraction < 1:
         raise ValueError(f"validation_split must be a fraction in (0, 1), found {fraction!r}")
     n = X.shape[0]
-    n_val = round(fraction * n)
+    n_val = int(fraction * n + 0.5)  # round(fraction * N), a half rounded up
     if not 1 <= n_val <= n - 1:
         raise ValueError(
             f"validation_split={fraction!r} of {count(n, 'sample')} leaves "
