@@ -117,21 +117,12 @@ class Progress:
             label = "epoch {task.fields[label]}"
             self.bar = RichProgress(
                 TextColumn(label, style="bold"),
-                BarColumn(bar_width=self._bar_width(label)),
+                BarColumn(),  # 40 columns, fewer when the terminal is narrow (rich shrinks it)
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
                 console=self.console,
                 transient=True,  # the running epoch's row goes; the table of epochs stays
             )
-
-    def _bar_width(self, label: str) -> int | None:
-        """The bar takes what the other columns leave of the terminal's width (at most 40):
-        the label, "1,797/1,797", "0:00:01" and the gaps between them; it is the first to go."""
-        digits = len(f"{self.samples:,}")
-        others = len(label.format(task=_Task(epoch_label(self.epochs, self.epochs))))
-        others += 2 * digits + 1 + len("0:00:00") + 3  # M/N, elapsed, one space between columns
-        room = self.console.width - others - 1
-        return max(min(room, 40), 1) if room >= 5 else 1
 
     def __enter__(self) -> Progress:
         if self.bar is not None:
@@ -164,10 +155,3 @@ class Progress:
             self.table = EpochTable(self.epochs, logs)
             self.bar.console.print(self.table.header(), style="bold", highlight=False)
         self.bar.console.print(self.table.row(epoch, logs), highlight=False)
-
-
-class _Task:
-    """Stands in for a rich task when measuring the label column's width."""
-
-    def __init__(self, label: str) -> None:
-        self.fields = {"label": label}
