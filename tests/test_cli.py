@@ -110,7 +110,7 @@ def test_train_with_defaults(tmp_path: pathlib.Path) -> None:
     assert "Backend('numpy')" in out.splitlines()[0]
     assert "digits: 1797 samples, 64 features" in out
     assert "30 epochs, batch size 32" in out
-    assert len(re.findall(r"^epoch \d+/30 ", out, re.MULTILINE)) == 30
+    assert len(re.findall(r"^epoch +\d+/30 ", out, re.MULTILINE)) == 30  # " 1/30" .. "30/30"
     assert 90.0 <= reported_accuracy(out) <= 100.0
     assert re.search(r"^throughput: [\d,]+ samples/s on numpy", out, re.MULTILINE)
     assert list(tmp_path.iterdir()) == []  # writes nothing unless asked
