@@ -171,6 +171,13 @@ class Sequential:
 
         return predict(self, X, batch_size)
 
+    def predict_proba(self, X: Any, loss: Any = None, batch_size: int | None = None) -> Array:
+        """Class probabilities for X (N, in): softmax (N, C) or sigmoid (N, 1) of the logits,
+        by the training loss; see :func:`gpunn.training.predict_proba`."""
+        from gpunn.training import predict_proba
+
+        return predict_proba(self, X, loss, batch_size)
+
     def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
         """Train on X, y; see :func:`gpunn.training.fit` for the arguments. Returns a History."""
         from gpunn.training import fit

@@ -18,6 +18,8 @@ from gpunn.math.activations import (
     relu_forward,
     sigmoid_backward,
     sigmoid_forward,
+    softmax_backward,
+    softmax_forward,
     tanh_backward,
     tanh_forward,
 )
@@ -93,6 +95,37 @@ def test_sigmoid_is_stable_for_large_inputs(backend, dtype):
         np.testing.assert_allclose(a[0, 1:-1], 1 / (1 + np.exp(-z[0, 1:-1])), rtol=1e-14)
 
 
+def test_softmax_exact_values(backend):
+    """Rows [0, log 2, log 5] -> [1, 2, 5] / 8; a constant row -> uniform."""
+    z = backend.asarray([[0.0, np.log(2.0), np.log(5.0)], [7.0, 7.0, 7.0]], dtype="float64")
+    a = backend.to_numpy(softmax_forward(z, xp=backend.xp))
+    np.testing.assert_allclose(a, [[1 / 8, 2 / 8, 5 / 8], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-14)
+    assert backend.to_numpy(z)[1, 0] == 7.0  # the input is left as it was
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_is_stable_for_large_logits(backend, dtype):
+    """exp(1000) overflows; shifted by the row maximum it never does."""
+    z = backend.asarray([[1000.0, 999.0, -1000.0], [-1000.0, -1001.0, -1000.0]], dtype=dtype)
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        a = backend.to_numpy(softmax_forward(z, xp=backend.xp))
+    assert a.dtype == np.dtype(dtype)
+    q = np.exp(-1.0)  # shifted by the row maximum, the rows are (0, -1, -2000), (0, -1, 0)
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(a[0], [1 / (1 + q), q / (1 + q), 0.0], rtol=tol, atol=tol)
+    np.testing.assert_allclose(a[1], [1 / (2 + q), q / (2 + q), 1 / (2 + q)], rtol=tol)
+
+
+def test_softmax_into_out(backend):
+    z = backend.asarray(np.random.default_rng(5).standard_normal((4, 3)))
+    out = backend.xp.empty_like(z)
+    assert softmax_forward(z, xp=backend.xp, out=out) is out
+    expected = np.exp(backend.to_numpy(z))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(backend.to_numpy(out), expected, rtol=1e-12)
+
+
 def test_tanh_saturates_without_warnings(backend):
     z = np.array([[-1000.0, 1000.0]])
     with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
@@ -163,6 +196,10 @@ FUNCTIONS = {
     "tanh": (
         lambda z: tanh_forward(z, xp=np),
         lambda z, a, dy: tanh_backward(dy, a, xp=np),
+    ),
+    "softmax": (
+        lambda z: softmax_forward(z, xp=np),
+        lambda z, a, dy: softmax_backward(dy, a, xp=np),
     ),
 }
 

@@ -9,6 +9,7 @@ against stand-ins for ``cupy.cuda.nccl`` here, and for real in the GPU tests.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -67,14 +68,31 @@ def _mpiexec() -> list[str] | str:
     return [exe]
 
 
-def mpirun(args: list[str], *, n: int = 2, cwd: Path, backend: str = "numpy") -> tuple[Any, float]:
-    """Run ``python -m mpi4py ARGS`` on n ranks; returns (CompletedProcess, seconds)."""
+BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def mpirun(
+    args: list[str],
+    *,
+    n: int = 2,
+    cwd: Path,
+    backend: str = "numpy",
+    threads: int | None = 1,
+    env: dict[str, str] | None = None,
+) -> tuple[Any, float]:
+    """Run ``python -m mpi4py ARGS`` on n ranks; returns (CompletedProcess, seconds).
+
+    ``threads`` sets the BLAS/OpenMP thread variables of every rank; None removes them, so
+    each rank's BLAS starts as it would for a user who set nothing. ``env`` adds variables.
+    """
     prefix = _mpiexec()
     if isinstance(prefix, str):
         pytest.skip(prefix)
-    env = dict(os.environ, GPUNN_BACKEND=backend)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = "1"  # one BLAS thread per rank: two ranks share this machine's cores
+    env = dict(os.environ, GPUNN_BACKEND=backend, **(env or {}))
+    for var in BLAS_VARIABLES:
+        env.pop(var, None)
+        if threads is not None:
+            env[var] = str(threads)  # two ranks share this machine's cores
     cmd = [*prefix, "-n", str(n), sys.executable, "-m", "mpi4py", *args]
     t0 = time.perf_counter()
     # a session of its own, so that a hung job's ranks can all be killed with mpiexec
@@ -177,6 +195,91 @@ def test_ranks_with_different_data_refuse_to_start(tmp_path: Path) -> None:
     done, _ = mpirun([str(MPI_SCRIPTS / "failure.py"), "mismatch"], cwd=tmp_path)
     assert done.returncode != 0, output(done)
     assert "disagree on the number of samples (from 400 to 401)" in done.stderr, output(done)
+
+
+# --------------------------------------------------------------------------------------------
+# Ranks divide the machine's cores between them
+# --------------------------------------------------------------------------------------------
+
+
+def rank_reports(out: Path) -> list[dict[str, Any]]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_two_ranks_divide_the_cores_between_their_blas_pools(tmp_path: Path) -> None:
+    """With no thread variables set, each rank's BLAS starts one thread per core; after
+    get_communicator each of the 2 ranks has cores // 2 (at least 1), and keeps it through fit."""
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
+    done, _ = mpirun([str(MPI_SCRIPTS / "threads.py"), str(tmp_path)], cwd=tmp_path, threads=None)
+    assert done.returncode == 0, output(done)
+    for report in rank_reports(tmp_path):
+        assert report["size"] == 2 and report["before"], report
+        expected = max(1, min(max(report["before"]), report["cpus"] // 2))
+        assert report["after"] == [expected] * len(report["before"]), report
+        assert report["after_fit"] == report["after"] and report["comm_threads"] == expected
+        if report["cpus"] >= 2 and max(report["before"]) >= 2:
+            assert expected < max(report["before"])  # it did divide: not a vacuous check
+
+
+def test_threads_per_rank_can_be_set_by_the_environment(tmp_path: Path) -> None:
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
+    done, _ = mpirun(
+        [str(MPI_SCRIPTS / "threads.py"), str(tmp_path)],
+        cwd=tmp_path,
+        threads=1,  # the override wins over the variables, even upwards
+        env={distributed.THREADS_ENV: "3"},
+    )
+    assert done.returncode == 0, output(done)
+    for report in rank_reports(tmp_path):
+        assert report["before"] and set(report["before"]) == {1}, report
+        assert set(report["after"]) == {3} and report["comm_threads"] == 3, report
+
+
+@pytest.mark.parametrize(
+    ("cpus", "sharing", "current", "expected"),
+    [
+        (2, 2, 2, 1),  # the 2-core machine, 2 ranks: one thread each
+        (16, 2, 16, 8),
+        (16, 3, 16, 5),  # the remainder is left idle rather than oversubscribed
+        (16, 4, 2, 2),  # a smaller limit the user set stands
+        (2, 4, 2, 1),  # more ranks than cores: still one thread, never zero
+        (8, 1, 8, 8),  # a rank alone on its cores keeps them all
+        (8, 2, None, 4),  # the pool's count unknown
+    ],
+)
+def test_divide_cores(cpus: int, sharing: int, current: int | None, expected: int) -> None:
+    assert distributed.divide_cores(cpus, sharing, current) == expected
+
+
+def test_sharing_ranks_counts_the_ranks_that_may_run_on_my_cores() -> None:
+    unbound = [set(range(8))] * 4
+    assert distributed.sharing_ranks(set(range(8)), unbound) == 4
+    bound = [{0, 1}, {2, 3}, {4, 5}, {6, 7}]  # a launcher bound each rank to 2 cores
+    assert distributed.sharing_ranks({2, 3}, bound) == 1
+    assert distributed.divide_cores(2, distributed.sharing_ranks({2, 3}, bound), 8) == 2
+    assert distributed.sharing_ranks({0, 1, 2, 3}, [{0, 1, 2, 3}, {2, 3, 4, 5}, {6, 7}]) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), ("", None), ("auto", None), (" 4 ", 4), (2, 2)]
+)
+def test_threads_per_rank_values(
+    monkeypatch: pytest.MonkeyPatch, value: Any, expected: int | None
+) -> None:
+    monkeypatch.delenv(distributed.THREADS_ENV, raising=False)
+    assert distributed._parse_threads(value) == expected
+    if isinstance(value, str):
+        monkeypatch.setenv(distributed.THREADS_ENV, value)
+        assert distributed._parse_threads(None) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", True])
+def test_bad_threads_per_rank_is_refused(monkeypatch: pytest.MonkeyPatch, value: Any) -> None:
+    with pytest.raises(ValueError, match="threads_per_rank must be a positive integer or 'auto'"):
+        distributed._parse_threads(value)
+    monkeypatch.setenv(distributed.THREADS_ENV, str(value))
+    with pytest.raises(ValueError, match="GPUNN_THREADS_PER_RANK must be a positive integer"):
+        distributed._parse_threads(None)
 
 
 # --------------------------------------------------------------------------------------------

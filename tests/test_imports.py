@@ -55,6 +55,7 @@ CONVENIENCES = {
     ("gpunn.model", "Sequential.fit", "gpunn.training"),
     ("gpunn.model", "Sequential.evaluate", "gpunn.training"),
     ("gpunn.model", "Sequential.predict", "gpunn.training"),
+    ("gpunn.model", "Sequential.predict_proba", "gpunn.training"),
     ("gpunn.model", "Sequential.save", "gpunn.checkpoint"),
 }
 

@@ -1,8 +1,11 @@
 """The ``gpunn bench`` subcommand: argument parsing, the sweep, the table and the files.
 
 ``add_parser(subparsers)`` adds ``bench`` to the main ``gpunn`` parser (and sets
-``func=run``); ``run(args)`` returns the process exit code: 0 on success, 2 when the request
-cannot be honoured (an unavailable backend, a bad model or batch list, a bad baseline file).
+``func=run``); ``run(args)`` returns the process exit code: 0 on success, 2 for a usage error
+(a bad model, batch list or backend spec), 1 when the request cannot be honoured here (an
+unavailable backend, a missing or bad ``--cpu-baseline`` file, ``--compare torch`` without
+PyTorch, bench.png without matplotlib, an ``--out`` folder that cannot be written). Every one
+of these is found before the sweep starts, and reported in one line.
 
 Defaults keep a full sweep to a few minutes on a small CPU: every point stops timing a callable
 once its spread is below 5 % or after about 1 s of timing (``--budget``), after at least 5
@@ -12,8 +15,10 @@ repeats; a single step slower than the budget is still timed 5 times.
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,7 +37,9 @@ from gpunn.bench.results import (
     crossover_lines,
     load_baseline,
     make_report,
+    ratio_marks,
     table_cells,
+    table_notes,
     write_csv,
     write_json,
     write_markdown,
@@ -44,6 +51,8 @@ from gpunn.bench.workload import MODELS, OPTIMIZERS, parse_model
 __all__ = ["add_parser", "main", "run"]
 
 DEFAULT_MODELS = ",".join(MODELS)
+DEFAULT_OUT = "bench-out"
+PLOT_HINT = "pip install 'gpunn[bench]' (or 'gpunn[plot]'), or pass --no-plot to skip bench.png"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -86,7 +95,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="JSON",
         help="a bench.json from a CPU run: the GPU crossover is also computed against it",
     )
-    p.add_argument("--out", default="bench-results", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help="output folder (default: %(default)s; the repository's committed results are in "
+        "bench/results/, written only when asked for with --out bench/results)",
+    )
     p.add_argument(
         "--budget",
         type=float,
@@ -109,13 +123,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "the other library stop spinning (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-plot", action="store_true", help="skip bench.png")
+    p.add_argument("--no-plot", action="store_true", help="skip bench.png (needs no matplotlib)")
     p.set_defaults(func=run)
     return p
 
 
 class UsageError(ValueError):
-    """A request ``gpunn bench`` cannot honour; the message goes to stderr, exit code 2."""
+    """A malformed request (bad model, batch list, backend spec): one line, exit code 2."""
+
+
+class BenchError(RuntimeError):
+    """A request this machine cannot honour (a backend, file, library or folder is missing or
+    unusable): one line, exit code 1."""
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -144,7 +163,9 @@ def _backends(text: str) -> tuple[list[Backend], list[str]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 backends.append(get_backend(spec))
-        except (BackendUnavailableError, ValueError) as exc:
+        except BackendUnavailableError as exc:
+            raise BenchError(str(exc)) from None
+        except ValueError as exc:  # not a backend spec at all
             raise UsageError(str(exc)) from None
     return list(dict.fromkeys(backends)), notes
 
@@ -153,6 +174,8 @@ def _torch(mode: str, threads: int | None) -> tuple[Any, str]:
     if mode == "none":
         return None, "PyTorch comparison switched off (--compare none)"
     torch, why = load_torch()
+    if torch is None and mode == "torch":  # asked for by name: an error, not a note
+        raise BenchError(f"--compare torch: {why}")
     if torch is None:
         return None, f"PyTorch not measured: {why}"
     if threads:
@@ -161,18 +184,22 @@ def _torch(mode: str, threads: int | None) -> tuple[Any, str]:
 
 
 def _build(args: argparse.Namespace) -> tuple[SweepConfig, list[str], dict[str, Any] | None]:
-    backends, notes = _backends(args.backend)
     try:
         models = [parse_model(m) for m in args.model.split(",") if m.strip()]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     batches = _int_list(args.batch_sizes, "--batch-sizes")
+    backends, notes = _backends(args.backend)  # usage errors first, then what is missing here
     baseline = None
     if args.cpu_baseline:
         try:
             baseline = load_baseline(args.cpu_baseline)
+        except FileNotFoundError:
+            raise BenchError(f"--cpu-baseline: no such file: {args.cpu_baseline}") from None
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--cpu-baseline: {exc}") from None
+            raise BenchError(f"--cpu-baseline {args.cpu_baseline}: {exc}") from None
+    _check_plot(args.no_plot)
+    _check_out(Path(args.out))
     torch, note = _torch(args.compare, blas_threads())
     if note:
         notes.append(note)
@@ -197,6 +224,31 @@ def _build(args: argparse.Namespace) -> tuple[SweepConfig, list[str], dict[str, 
     return cfg, notes, baseline
 
 
+def _check_plot(no_plot: bool) -> None:
+    """matplotlib draws bench.png: find out now, not after the sweep, that it is missing."""
+    if no_plot:
+        return
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        raise BenchError(
+            f"bench.png needs matplotlib, which is not installed: {PLOT_HINT}"
+        ) from None
+
+
+def _check_out(out: Path) -> None:
+    """Create the output folder and make sure files can be written in it, before the sweep."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise BenchError(
+            f"cannot write the results to --out {out}: {why}; choose another folder with --out"
+        ) from None
+
+
 def _print_table(console: Any, report: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -206,6 +258,8 @@ def _print_table(console: Any, report: dict[str, Any]) -> None:
     for row in report["rows"]:
         table.add_row(*table_cells(row))
     console.print(table)
+    for line in table_notes(report["rows"]):
+        console.print(line, highlight=False)
     for line in crossover_lines(report):
         console.print(line)
 
@@ -235,17 +289,22 @@ def run(args: argparse.Namespace) -> int:
         console = Console(width=160)  # a log file: no need to squeeze the table into 80 columns
     try:
         cfg, notes, baseline = _build(args)
-    except UsageError as exc:
+    except (UsageError, BenchError) as exc:
+        if getattr(args, "debug", False):
+            raise
         print(f"gpunn bench: error: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, UsageError) else 1
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     def progress(row: dict[str, Any]) -> None:
-        extra = f"  limit {row['limit_fraction']:.2f}" if row.get("limit_fraction") else ""
-        extra += f"  vs torch {row['vs_torch_train']:.2f}" if row.get("vs_torch_train") else ""
+        marks = {k: f" ({v})" if v else "" for k, v in ratio_marks(row).items()}
+        extra = ""
+        if row.get("limit_fraction"):
+            extra += f"  limit {row['limit_fraction']:.2f}{marks['limit_fraction']}"
+        if row.get("vs_torch_train"):
+            extra += f"  vs torch {row['vs_torch_train']:.2f}{marks['vs_torch_train']}"
         busy = row.get("other_cpu") or 0.0
         extra += f"  [yellow](other processes used {busy:.0%} of the CPU)[/]" if busy > 0.05 else ""
         console.print(

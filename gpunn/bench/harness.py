@@ -18,6 +18,7 @@ from gpunn.backend import Backend
 from gpunn.bench.crossover import crossover
 from gpunn.bench.load import OtherLoad
 from gpunn.bench.memory import MemoryPeak, host_rss_bytes
+from gpunn.bench.results import flag_ratios
 from gpunn.bench.timing import Policy, Timed, time_interleaved
 from gpunn.bench.torch_ref import TorchWorkload
 from gpunn.bench.workload import (
@@ -166,6 +167,7 @@ def _measure_point(
         row["vs_torch_infer"] = row["infer_samples_per_s"] / trow["infer_samples_per_s"]
         row["vs_torch_train_best"] = trow["train_min_s"] / row["train_min_s"]
         rows.append(trow)
+    row |= flag_ratios(row, rows[1] if tw is not None else None)  # *_noisy, *_disturbed
     return rows
 
 

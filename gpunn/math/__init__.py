@@ -8,7 +8,7 @@ kernels; those live in the floors above (``gpunn.kernels``, ``gpunn.nn``).
 Read it in this order:
 
 1. ``dense``        z = x @ W + b and its gradients
-2. ``activations``  ReLU, LeakyReLU, sigmoid, tanh
+2. ``activations``  ReLU, LeakyReLU, sigmoid, tanh, softmax
 3. ``losses``       softmax cross-entropy, binary cross-entropy, mean squared error
 4. ``optim``        the SGD and Adam/AdamW update rules of torch.optim
 5. ``dropout``      inverted dropout
@@ -25,6 +25,8 @@ from gpunn.math.activations import (
     relu_forward,
     sigmoid_backward,
     sigmoid_forward,
+    softmax_backward,
+    softmax_forward,
     tanh_backward,
     tanh_forward,
 )
@@ -58,6 +60,8 @@ __all__ = [
     "sgd_update",
     "sigmoid_backward",
     "sigmoid_forward",
+    "softmax_backward",
+    "softmax_forward",
     "softmax_cross_entropy_backward",
     "softmax_cross_entropy_forward",
     "tanh_backward",

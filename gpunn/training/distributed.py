@@ -19,8 +19,12 @@ arrays and return the buffer. Implementations:
   unique id broadcast over MPI; host buffers still go through MPI.
 
 :func:`get_communicator` picks NCCL when every rank has its own GPU and NCCL loads everywhere,
-else MPI (``GPUNN_COMM=mpi|nccl`` forces one). Run a job with ``python -m mpi4py`` so that an
-exception on one rank aborts the whole job instead of leaving the others waiting forever::
+else MPI (``GPUNN_COMM=mpi|nccl`` forces one). It also divides the machine's cores among the
+ranks that share them (:func:`divide_cores`): each rank's BLAS and OpenMP pools get
+``cores // ranks`` threads (``GPUNN_THREADS_PER_RANK=N`` sets N instead), because ranks that
+each start one thread per core oversubscribe the machine many times over. Run a job with
+``python -m mpi4py`` so that an exception on one rank aborts the whole job instead of leaving
+the others waiting forever::
 
     mpiexec -n 4 python -m mpi4py -m gpunn train --distributed --batch-size 256 ...
 
@@ -49,19 +53,24 @@ __all__ = [
     "Communicator",
     "DataParallel",
     "DriftError",
+    "THREADS_ENV",
     "MPICommunicator",
     "NCCLCommunicator",
     "SingleProcess",
     "choose_kind",
     "device_spec_for_rank",
+    "divide_cores",
     "get_communicator",
+    "limit_threads",
     "local_rank",
     "rank_backend",
     "shard_bounds",
+    "sharing_ranks",
 ]
 
 COMM_ENV = "GPUNN_COMM"  # auto (default), mpi or nccl
 CUDA_AWARE_ENV = "GPUNN_CUDA_AWARE_MPI"  # 1: hand CuPy buffers to MPI directly
+THREADS_ENV = "GPUNN_THREADS_PER_RANK"  # N: BLAS/OpenMP threads per rank; unset or auto: divide
 KINDS = ("auto", "mpi", "nccl")
 INSTALL_HINT = "pip install 'gpunn[mpi]' (mpi4py and MPICH), or mpi4py built on your cluster's MPI"
 
@@ -95,6 +104,7 @@ class Communicator:
         self.size = 1
         self.local_rank = 0  # rank among the processes on this machine
         self.reason = ""  # why this kind of communicator was chosen
+        self.threads: int | None = None  # BLAS threads per rank set by get_communicator
 
     def allreduce_sum(self, buffer: Any) -> Any:
         """Replace ``buffer`` on every rank by the element-wise sum over all ranks."""
@@ -318,14 +328,21 @@ def get_communicator(
     *,
     cuda_aware: bool | None = None,
     mpi_comm: Any = None,
+    threads_per_rank: int | str | None = None,
 ) -> Communicator:
     """The communicator for this rank of the job started by ``mpiexec`` (collective: every rank
     must call it). ``backend`` is this rank's backend (see :func:`rank_backend`); ``kind`` is
     ``"auto"`` (default, or ``$GPUNN_COMM``), ``"mpi"`` or ``"nccl"``.
 
+    In a job of more than one rank it also limits this rank's BLAS/OpenMP threads
+    (:func:`limit_threads`): ``threads_per_rank`` (default ``$GPUNN_THREADS_PER_RANK``, else
+    ``"auto"``) is a positive integer or ``"auto"``, the machine's cores divided among the
+    ranks that share them; the count set is ``communicator.threads``.
+
     Needs mpi4py (RuntimeError with the install command otherwise). A job of one process gets
     :class:`SingleProcess` under ``"auto"``.
     """
+    _parse_threads(threads_per_rank)  # a bad value is refused before any collective
     kind = kind or os.environ.get(COMM_ENV, "").strip().lower() or "auto"
     if kind not in KINDS:
         raise ValueError(f"communicator kind must be one of {KINDS}, got {kind!r}")
@@ -342,6 +359,8 @@ def get_communicator(
         xp = backend.xp if backend is not None and backend.is_gpu else None
         result = MPICommunicator(comm, xp=xp, cuda_aware=cuda_aware)
     result.reason = why
+    if comm.Get_size() > 1:
+        result.threads = limit_threads(comm, threads_per_rank)
     if result.size > 1 and result.rank == 0 and "mpi4py.run" not in sys.modules:
         warnings.warn(
             "gpunn: this MPI job was not started with 'python -m mpi4py': an exception on one "
@@ -384,6 +403,88 @@ def local_rank(mpi_comm: Any = None) -> int:
         return node.Get_rank()
     finally:
         node.Free()
+
+
+# --------------------------------------------------------------------------------------------
+# Threads: the ranks on one machine share its cores
+# --------------------------------------------------------------------------------------------
+
+
+def divide_cores(cpus: int, sharing: int, current: int | None = None) -> int:
+    """BLAS threads for a rank that may run on ``cpus`` cores shared with ``sharing`` ranks
+    (itself included): ``cpus // sharing``, at least 1, and never more than ``current`` (a
+    smaller limit the user set, e.g. with ``OPENBLAS_NUM_THREADS``, stands).
+
+    One thread per core and rank: BLAS libraries keep idle threads spinning, so two ranks of
+    N threads on N cores slow each other down by far more than 2x.
+    """
+    threads = max(1, cpus // max(1, sharing))
+    return min(threads, current) if current else threads
+
+
+def sharing_ranks(mine: set[int], node: Sequence[set[int]]) -> int:
+    """How many of the machine's ranks (CPU sets ``node``, this rank's among them) may run on
+    a core of this rank's CPU set ``mine``. Ranks that the launcher bound to cores of their own
+    share none, so each keeps all of its cores; unbound ranks all share every core."""
+    return max(1, sum(1 for cpus in node if cpus & mine))
+
+
+def _parse_threads(value: int | str | None) -> int | None:
+    """A positive thread count, or None for "auto" (divide the cores)."""
+    source = "threads_per_rank" if value is not None else THREADS_ENV
+    value = os.environ.get(THREADS_ENV, "") if value is None else value
+    text = str(value).strip().lower()
+    if text in ("", "auto"):
+        return None
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{source} must be a positive integer or 'auto', got {value!r}")
+    return int(text)
+
+
+def _cpu_set() -> set[int]:
+    """The CPUs this process may run on (its affinity, which a launcher's binding narrows)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def limit_threads(mpi_comm: Any, threads_per_rank: int | str | None = None) -> int | None:
+    """Set this rank's BLAS and OpenMP thread pools (collective over ``mpi_comm``) and return
+    the number of BLAS threads set, or None when threadpoolctl is not installed (rank 0 warns).
+
+    ``threads_per_rank`` (default ``$GPUNN_THREADS_PER_RANK``) is a positive integer, set as it
+    is, or ``"auto"``: :func:`divide_cores` of this rank's CPUs among the ranks on the machine
+    that share them (:func:`sharing_ranks`, from every rank's CPU set on this machine).
+    """
+    wanted = _parse_threads(threads_per_rank)
+    MPI = _mpi()
+    node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=mpi_comm.Get_rank())
+    try:
+        mine = _cpu_set()
+        sharing = sharing_ranks(mine, [set(c) for c in node.allgather(sorted(mine))])
+    finally:
+        node.Free()
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        if mpi_comm.Get_rank() == 0:
+            warnings.warn(
+                f"gpunn: threadpoolctl is not installed, so each of the {sharing} ranks on this "
+                "machine may start one BLAS thread per core and oversubscribe it; "
+                "pip install threadpoolctl (or set OMP_NUM_THREADS and OPENBLAS_NUM_THREADS)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return None
+    pools = threadpool_info()
+    limits = {
+        p["prefix"]: wanted or divide_cores(len(mine), sharing, p["num_threads"]) for p in pools
+    }
+    if limits:
+        threadpool_limits(limits=limits)  # stays in force: this call is not used as a context
+    blas = [limits[p["prefix"]] for p in pools if p["user_api"] == "blas"]
+    return max(blas) if blas else (wanted or divide_cores(len(mine), sharing))
 
 
 def device_spec_for_rank(spec: str, local: int, device_count: int) -> str:

@@ -10,28 +10,32 @@ made to wait for the host inside an epoch.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpunn.backend import namespace
 from gpunn.errors import NonFiniteLossError
+from gpunn.math.activations import sigmoid_forward, softmax_forward
 from gpunn.model import Sequential
 from gpunn.nn.layer import Array
 from gpunn.nn.losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
 from gpunn.nn.optim import Optimizer
 from gpunn.training.callbacks import Callback
 from gpunn.training.distributed import Communicator, DataParallel
-from gpunn.training.progress import Progress
+from gpunn.training.progress import Progress, count
 from gpunn.training.validation import check_batch_size, check_x, check_y
 
 #: the share of free device memory a dataset may take before it is streamed in chunks
 DEVICE_MEMORY_SHARE = 0.5
 
 
-@dataclass
+@dataclass(repr=False)
 class History:
-    """Per-epoch metrics of one ``fit``: ``history["loss"][e]`` is epoch e's mean loss."""
+    """Per-epoch metrics of one ``fit``: ``history["loss"][e]`` is the mean loss of the e-th
+    epoch run, ``history.epoch[e]`` that epoch's number, ``history.keys()`` the metric names."""
 
     history: dict[str, list[float]] = field(default_factory=dict)
     epoch: list[int] = field(default_factory=list)
@@ -43,6 +47,29 @@ class History:
 
     def __getitem__(self, key: str) -> list[float]:
         return self.history[key]
+
+    def keys(self) -> Any:
+        """The metric names, in the order fit logs them (``loss``, ``accuracy``, ...)."""
+        return self.history.keys()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.history
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.history)
+
+    def __repr__(self) -> str:
+        """``History(3 epochs [1-3], last: loss 0.1234, accuracy 0.9700)``: how many epochs,
+        their numbers and the last one's main metrics, not every list (``history.history``)."""
+        if not self.epoch:
+            return "History(0 epochs)"
+        span = f"{self.epoch[0]}-{self.epoch[-1]}" if len(self.epoch) > 1 else f"{self.epoch[0]}"
+        last = [
+            f"{key} {self.history[key][-1]:.4f}"
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy")
+            if key in self.history
+        ]
+        return f"History({count(len(self.epoch), 'epoch')} [{span}], last: {', '.join(last)})"
 
 
 class DeviceData:
@@ -101,6 +128,7 @@ def fit(
     batch_size: int = 64,
     shuffle: bool = True,
     validation_data: tuple[Any, Any] | None = None,
+    validation_split: float | None = None,
     callbacks: Sequence[Callback] = (),
     seed: int | None = None,
     verbose: int = 1,
@@ -113,6 +141,12 @@ def fit(
     fixes the batch order: epoch e is shuffled by a generator seeded with (seed, e), so a run
     resumed with ``initial_epoch`` (epochs already done) sees the batches an uninterrupted run
     would. Raises :class:`NonFiniteLossError` if the loss becomes NaN/inf.
+
+    ``validation_split`` (a fraction in (0, 1), exclusive with ``validation_data``) holds out
+    the *last* ``round(fraction * N)`` rows of X and y, as given and before any shuffling (as
+    Keras does), and evaluates them after every epoch like ``validation_data``: the split is
+    the same in every run and on every rank. Rows must not be ordered by class: labels sorted
+    by class, or a split holding a class the training rows lack, are refused (shuffle first).
 
     With ``comm`` (a :mod:`gpunn.training.distributed` communicator of more than one rank) this
     is one rank of a data-parallel run: ``batch_size`` is the global batch, each rank trains on its
@@ -130,6 +164,13 @@ def fit(
         raise ValueError(f"optimizer must be a gpunn optimizer (e.g. Adam()), found {optimizer!r}")
     X = check_x(X, model.in_features, dtype=model.dtype)
     y = check_y(y, X.shape[0], loss, model.out_features)
+    if validation_split is not None:
+        if validation_data is not None:
+            raise ValueError(
+                "give either validation_data or validation_split, not both "
+                f"(validation_split={validation_split!r})"
+            )
+        X, y, validation_data = _split_off_validation(X, y, validation_split, loss)
     val = None
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -217,6 +258,41 @@ def fit(
     return history
 
 
+def _split_off_validation(
+    X: Array, y: Array, fraction: Any, loss: Loss
+) -> tuple[Array, Array, tuple[Array, Array]]:
+    """(X_train, y_train, (X_val, y_val)): the last ``round(fraction * N)`` rows held out."""
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
+        raise ValueError(f"validation_split must be a fraction in (0, 1), found {fraction!r}")
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_split must be a fraction in (0, 1), found {fraction!r}")
+    n = X.shape[0]
+    n_val = int(fraction * n + 0.5)  # round(fraction * N), a half rounded up
+    if not 1 <= n_val <= n - 1:
+        raise ValueError(
+            f"validation_split={fraction!r} of {count(n, 'sample')} leaves "
+            + ("no validation sample" if n_val < 1 else "no training sample")
+        )
+    cut = n - n_val
+    if isinstance(loss, SoftmaxCrossEntropy):
+        # Rows ordered by class would put whole classes in the held-out tail: the model could
+        # not learn them and the validation accuracy would measure one class.
+        xp = namespace(y)
+        step = xp.diff(y)
+        if y[0] != y[-1] and bool((step >= 0).all() or (step <= 0).all()):
+            problem = "the rows are sorted by class"
+        else:
+            missing = xp.setdiff1d(xp.unique(y[cut:]), xp.unique(y[:cut]))
+            listed = ", ".join(str(int(c)) for c in missing[:5].tolist())
+            problem = f"it holds class(es) {listed} that the training rows lack" if listed else ""
+        if problem:
+            raise ValueError(
+                f"validation_split takes the last {count(n_val, 'row')} as they are, and "
+                f"{problem}: shuffle X and y first, or pass validation_data"
+            )
+    return X[:cut], y[:cut], (X[cut:], y[cut:])
+
+
 def _epoch(
     model: Sequential,
     loss: Loss,
@@ -300,6 +376,35 @@ def predict(model: Sequential, X: Any, batch_size: int | None = None) -> Array:
             out = xp.empty((X.shape[0],) + yb.shape[1:], dtype=model.dtype)
         out[start:stop] = yb
     return out
+
+
+def predict_proba(
+    model: Sequential, X: Any, loss: Loss | None = None, batch_size: int | None = None
+) -> Array:
+    """Class probabilities for X (N, D) on the model's backend, from the logits of ``predict``.
+
+    ``loss`` is the loss the model was trained with; it decides what the outputs mean:
+
+    * :class:`SoftmaxCrossEntropy`: softmax over the C outputs, (N, C), each row summing to 1;
+    * :class:`BinaryCrossEntropy`: sigmoid of the single output, (N, 1), P(label 1);
+    * any other loss (mean squared error) has no probabilities: ``ValueError``.
+
+    ``loss=None`` assumes what :func:`evaluate` assumes: BinaryCrossEntropy for a model with one
+    output, SoftmaxCrossEntropy for more. Pass the loss for a model trained with another.
+    """
+    loss = loss if loss is not None else _default_loss(model)
+    _check_loss(loss)
+    if isinstance(loss, SoftmaxCrossEntropy):
+        probabilities = softmax_forward
+    elif isinstance(loss, BinaryCrossEntropy):
+        probabilities = sigmoid_forward
+    else:
+        raise ValueError(
+            f"a model trained with {loss.kind} predicts values, not class probabilities: "
+            "use predict()"
+        )
+    logits = predict(model, X, batch_size)  # (N, out), a new array: overwritten in place
+    return probabilities(logits, xp=model.xp, out=logits)
 
 
 def _slices(n: int, size: int) -> Iterator[tuple[int, int]]:
