@@ -95,6 +95,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _threads(text: str) -> str:
+    """``auto`` or a positive integer (BLAS threads per MPI rank)."""
+    value = text.strip().lower()
+    if value != "auto" and not (value.isdigit() and int(value) >= 1):
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -295,6 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="data-parallel training on the ranks of 'mpiexec -n N python -m mpi4py -m gpunn "
         "train --distributed ...'; --batch-size is then the global batch",
+    )
+    train.add_argument(
+        "--threads-per-rank",
+        type=_threads,
+        default=None,
+        metavar="N|auto",
+        help="BLAS threads of each rank, only with --distributed (default: "
+        "$GPUNN_THREADS_PER_RANK, else auto: the machine's cores divided among its ranks)",
     )
 
     evaluate = sub.add_parser(
@@ -521,7 +537,7 @@ def _train_backend(args: argparse.Namespace) -> tuple[Any, Any]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         backend = distributed.rank_backend(args.backend, tf32=args.tf32 or None)
-        comm = distributed.get_communicator(backend)
+        comm = distributed.get_communicator(backend, threads_per_rank=args.threads_per_rank)
     if comm.rank == 0 and not args.quiet:
         for w in caught:
             if "NumPy (CPU) backend" in str(w.message):
@@ -551,6 +567,8 @@ def _plan_train(args: argparse.Namespace) -> tuple[Any, dict[str, Any] | None, A
                 f"gpunn train: --task {args.task} conflicts with {args.resume}, a "
                 f"{recorded.task} model"
             )
+    if args.threads_per_rank is not None and not args.distributed:
+        raise UsageError("gpunn train: --threads-per-rank applies to --distributed runs only")
     if args.momentum is not None and kind != "SGD":
         raise UsageError(f"gpunn train: --momentum applies to --optimizer sgd only, not {kind}")
     if args.data is not None:
@@ -748,7 +766,9 @@ def _train(
             f"batch size {batch_size}"
         )
         if comm is not None:
-            print(f"ranks:   {comm.size}, {comm.kind} ({comm.reason})")
+            threads = getattr(comm, "threads", None)
+            each = f", {_plural(threads, 'BLAS thread')} each" if threads else ""
+            print(f"ranks:   {comm.size}, {comm.kind} ({comm.reason}){each}")
         sys.stdout.flush()
     rank0 = comm is None or comm.rank == 0  # the ranks hold the same model: one writes it
     data_entry = {**source.as_dict(), "task": task.kind, "classes": task.classes}

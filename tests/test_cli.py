@@ -299,6 +299,8 @@ def test_info_lists_every_backend(tmp_path: pathlib.Path) -> None:
         (["train", "--hidden", ""], ["--hidden", "''", "empty width"]),
         (["train", "--hidden", "64,,32"], ["--hidden", "64,,32", "empty width"]),
         (["train", "--momentum", "0.5"], ["--momentum", "sgd only"]),
+        (["train", "--threads-per-rank", "2"], ["--threads-per-rank", "--distributed"]),
+        (["train", "--distributed", "--threads-per-rank", "0"], ["--threads-per-rank", "'0'"]),
         (["train", "--plot", "out/curves"], ["--plot out/curves", ".png"]),
         (["train", "--plot", "c.xyz"], ["--plot c.xyz", ".png"]),
         (["predict", "--checkpoint", "m", "--data", "x.csv", "--out", "p.json"], [".npz"]),

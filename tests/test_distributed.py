@@ -292,10 +292,13 @@ TRAIN += " --optimizer sgd --lr 0.05 --seed 4 --save {}"
 
 def test_cli_two_ranks_train_the_model_one_process_trains(tmp_path: Path) -> None:
     dist, single = tmp_path / "dist.ckpt", tmp_path / "single.ckpt"
-    done, _ = mpirun(["-m", "gpunn", *TRAIN.format(dist).split(), "--distributed"], cwd=tmp_path)
+    # 2 threads per rank where "auto" would give each of the 2 ranks 1 of the 2 cores
+    flags = ["--distributed", "--threads-per-rank", "2"]
+    done, _ = mpirun(["-m", "gpunn", *TRAIN.format(dist).split(), *flags], cwd=tmp_path)
     assert done.returncode == 0, output(done)
     assert done.stdout.count("test accuracy") == 1, output(done)  # rank 0 alone reports
     assert "ranks:   2, mpi" in done.stdout, output(done)
+    assert "2 BLAS threads each" in done.stdout, output(done)
     alone = subprocess.run(
         [sys.executable, "-m", "gpunn", *TRAIN.format(single).split()],
         cwd=tmp_path,
