@@ -67,7 +67,14 @@ from typing import Any
 import numpy
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
-__all__ = ["EmulatedKernelError", "Emulation", "installed", "make_module", "ndarray"]
+__all__ = [
+    "EmulatedKernelError",
+    "Emulation",
+    "flush_subnormals",
+    "installed",
+    "make_module",
+    "ndarray",
+]
 
 _THIS_FILE = __file__
 _NUMPY_DIR = os.path.dirname(numpy.__file__)
@@ -250,19 +257,9 @@ class Emulation:
 
     def flush(self, data: Any) -> Any:
         """``data`` with float32 subnormals as zero when FTZ is emulated (else unchanged)."""
-        if not self.ftz or not isinstance(data, (numpy.ndarray, numpy.generic)):
+        if not self.ftz:
             return data
-        if data.dtype != numpy.float32:
-            return data
-        tiny = numpy.finfo(numpy.float32).tiny
-        sub = (data != 0) & (numpy.abs(data) < tiny)
-        if not numpy.any(sub):
-            return data
-        if isinstance(data, numpy.generic):
-            return numpy.float32(0.0) * numpy.sign(data)
-        flushed = data.copy()
-        flushed[sub] = 0.0 * numpy.sign(flushed[sub])
-        return flushed
+        return flush_subnormals(data)
 
     def pointer(self, a: ndarray) -> int:
         """A device pointer for ``a`` (its host address), remembered with a's device and data."""
@@ -303,6 +300,20 @@ class Emulation:
                 compute_type = COMPUTE_TYPE_TF32
             self.set_compute_type(dtype, compute_type)
         return self._compute_types[index]
+
+
+def flush_subnormals(data: Any) -> Any:
+    """float32 ``data`` as a CuPy kernel sees and writes it: subnormals (0 < |x| < 2**-126)
+    become zero of the same sign, as CuPy compiles every kernel with ``-ftz=true``. Other
+    dtypes, and float32 data without subnormals, come back unchanged (the same object)."""
+    if getattr(data, "dtype", None) != numpy.float32:
+        return data
+    array = numpy.asarray(data)
+    magnitude = array.view(numpy.uint32) & numpy.uint32(0x7FFFFFFF)  # the bits of |x|
+    sub = (magnitude != 0) & (magnitude < numpy.uint32(0x800000))  # exponent bits all 0
+    if not sub.any():
+        return data
+    return numpy.where(sub, numpy.copysign(numpy.float32(0), array), array)
 
 
 def _compute_type_index(dtype: Any) -> int:
