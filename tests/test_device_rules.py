@@ -464,3 +464,20 @@ def test_the_emulation_would_catch_an_allocation_on_the_wrong_gpu(cp: Any) -> No
     model.forward(data()[0][:BATCH])
     assert cp.emulation.counts["cross_device"] >= 1
     assert "gpunn" + os.sep + "nn" + os.sep + "dense.py" in cp.emulation.events("cross_device")[0]
+
+
+def test_the_softmax_kernel_is_looked_up_once_per_dtype_for_every_gpu(cp: Any) -> None:
+    """``RawModule.get_function`` builds a new RawKernel (hashing the whole source) per call;
+    gpunn keeps one per dtype, and CuPy's RawKernel loads itself on each device it runs on."""
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        for device in (0, 1):
+            for dtype in ("float32", "float64"):
+                with cp.cuda.Device(device):
+                    fused = gpunn.kernels.fused("softmax_cross_entropy", cp)
+                    z = cp.asarray(rng.standard_normal((4, 5)), dtype=dtype)
+                    with pytest.raises(fake_cupy.EmulatedKernelError):
+                        fused(z, cp.asarray(np.array([0, 1, 2, 3])), xp=cp)
+    assert cp.emulation.counts["get_function"] == 2, cp.emulation.events("get_function")
+    assert {d for _, d in cp.emulation.kernel_calls} == {0, 1}
+    assert cp.emulation.counts["cross_device"] == 0
