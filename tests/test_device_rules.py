@@ -481,3 +481,27 @@ def test_the_softmax_kernel_is_looked_up_once_per_dtype_for_every_gpu(cp: Any) -
     assert cp.emulation.counts["get_function"] == 2, cp.emulation.events("get_function")
     assert {d for _, d in cp.emulation.kernel_calls} == {0, 1}
     assert cp.emulation.counts["cross_device"] == 0
+
+
+def test_inputs_already_on_gpu_1_are_checked_once_then_read_once_per_epoch(cp: Any) -> None:
+    model = model_for("ce", "cupy:1")
+    X, y = data()
+    backend = model.backend
+    Xd, yd = backend.asarray(X, dtype="float32"), backend.asarray(y)
+    reads = ReadsPerEpoch(cp.emulation)
+    cp.emulation.reset_counts()
+    model.fit(
+        Xd,
+        yd,
+        loss=gpunn.SoftmaxCrossEntropy(),
+        optimizer=gpunn.Adam(1e-2),
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        verbose=0,
+        callbacks=[reads],
+    )
+    assert reads.reads == [1] * EPOCHS
+    # before the first epoch: X's count of non-finite values, the labels' minimum and maximum
+    assert cp.emulation.counts["host_read"] - EPOCHS == 3, cp.emulation.events("host_read")
+    assert cp.emulation.counts["upload"] == EPOCHS  # only each epoch's batch order (host ints)
+    assert_all_on(cp, 1)

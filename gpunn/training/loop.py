@@ -5,6 +5,15 @@ gathered there, and the batch order comes from a host generator seeded by ``seed
 CuPy see the same batches in the same order. The epoch's loss, correct-prediction count and
 first non-finite batch are accumulated on the device and read back once per epoch: a GPU is never
 made to wait for the host inside an epoch.
+
+Host reads (each one waits for the GPU), counted by tests/test_device_rules.py: ``fit`` reads
+once per epoch, plus once per epoch for ``validation_data`` (its evaluation); ``evaluate``
+reads once; ``predict`` never (it returns a device array). Checking inputs that are already on
+the device reads a few scalars once per call, before the first epoch. A data-parallel run over
+MPI without CUDA-aware transfers also copies each step's gradients through the host (see
+docs/distributed.md). The first use of each fused kernel in a process runs its self-check,
+which reads a few values once. Everything runs with the model's device current
+(``backend.activate()``), whatever device the caller has current.
 """
 
 from __future__ import annotations
