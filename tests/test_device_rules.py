@@ -440,8 +440,12 @@ def test_data_parallel_over_nccl_on_gpu_1_gives_nccl_gpu_1_buffers_and_reads_onc
         assert isinstance(comm, distributed.NCCLCommunicator)
         reads = fit_data_parallel(cp, comm)
         assert reads.reads == [1] * EPOCHS, cp.emulation.events("host_read")
+        with cp.cuda.Device(0):  # a caller on GPU 0: the call still runs on GPU 1's stream
+            comm.allreduce_sum(backend.asarray(np.ones(4, dtype=np.float32)))
+            comm.barrier()
         calls = cp.cuda.nccl.calls
         assert calls and {(device, buffer) for _, device, buffer in calls} == {(1, 1)}
+        assert cp.emulation.events("sync")[-1].startswith("sync: stream synchronize on cupy:1")
         with cp.cuda.Device(0):
             elsewhere = cp.zeros(4, dtype=cp.float32)
         with pytest.raises(ValueError, match="serves GPU 1; the buffer is on GPU 0"):

@@ -178,6 +178,8 @@ def test_the_tests_step_is_sharded_and_judged_from_the_records(
     # pytest's exit status 5 (a shard without GPU tests) is not a failure
     result = tests.finish({"status": "failed", "rc": [0, 5]})
     assert result["status"] == "passed" and result["worst_parity"] == {"loss": 2e-6}
+    # a shard that crashed (a collection error, exit status 2) fails the step whatever passed
+    assert tests.finish({"status": "failed", "rc": [0, 2]})["status"] == "failed"
     (tmp_path / "records1.jsonl").write_text(
         json.dumps(record | {"nodeid": "b", "outcome": "failed"})
     )
