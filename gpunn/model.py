@@ -30,6 +30,10 @@ class Sequential:
     ``"2.W"``...) whose values are views into ``flat_params`` / ``flat_grads``. Initial weights
     are drawn on the host from ``numpy.random.default_rng(seed)`` in float64, cast to ``dtype``
     and then moved to the backend, so a seed gives the same weights on every backend.
+
+    Every method that allocates or computes runs with the backend's device current
+    (``backend.activate()``), so a model on ``"cupy:1"`` keeps all its arrays on GPU 1 whichever
+    device the caller has current.
     """
 
     def __init__(
@@ -104,27 +108,28 @@ class Sequential:
                 count = _prod(shape)
                 size += -(-count // ALIGN) * ALIGN  # round up: padding stays 0 in both buffers
         xp = self.xp
-        self.flat_params = xp.zeros(size, dtype=self.dtype)
-        self.flat_grads = xp.zeros(size, dtype=self.dtype)
-        self.layout = offsets
-        self.params: dict[str, Array] = {}
-        self.grads: dict[str, Array] = {}
-        for key, (start, shape) in offsets.items():
-            stop = start + _prod(shape)
-            self.params[key] = self.flat_params[start:stop].reshape(shape)
-            self.grads[key] = self.flat_grads[start:stop].reshape(shape)
-            if key in values:
-                host = self.backend.to_numpy(values[key]).astype(self.dtype.name)
-                self.params[key][...] = self.backend.asarray(host)
-        for i, layer in enumerate(self.layers):
-            names = layer.param_shapes()
-            layer.seed = self.seed * 1000 + i  # per-layer device RNG seed (Dropout)
-            layer.bind(
-                xp,
-                self.dtype,
-                {n: self.params[f"{i}.{n}"] for n in names},
-                {n: self.grads[f"{i}.{n}"] for n in names},
-            )
+        with self.backend.activate():  # the buffers, the copies and each layer's device state
+            self.flat_params = xp.zeros(size, dtype=self.dtype)
+            self.flat_grads = xp.zeros(size, dtype=self.dtype)
+            self.layout = offsets
+            self.params: dict[str, Array] = {}
+            self.grads: dict[str, Array] = {}
+            for key, (start, shape) in offsets.items():
+                stop = start + _prod(shape)
+                self.params[key] = self.flat_params[start:stop].reshape(shape)
+                self.grads[key] = self.flat_grads[start:stop].reshape(shape)
+                if key in values:
+                    host = self.backend.to_numpy(values[key]).astype(self.dtype.name)
+                    self.params[key][...] = self.backend.asarray(host)
+            for i, layer in enumerate(self.layers):
+                names = layer.param_shapes()
+                layer.seed = self.seed * 1000 + i  # per-layer device RNG seed (Dropout)
+                layer.bind(
+                    xp,
+                    self.dtype,
+                    {n: self.params[f"{i}.{n}"] for n in names},
+                    {n: self.grads[f"{i}.{n}"] for n in names},
+                )
         # Each layer meets its neighbours, in order (a layer may change the one before it:
         # an activation takes over the bias of the Dense layer it follows).
         for i, layer in enumerate(self.layers):
@@ -142,9 +147,10 @@ class Sequential:
 
         The returned array is the model's own: it stays valid until the next ``forward``.
         """
-        x = self.backend.asarray(x, dtype=self.dtype)  # no copy when already in place
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
+        with self.backend.activate():  # workspaces and launches on this model's device
+            x = self.backend.asarray(x, dtype=self.dtype)  # no copy when already in place
+            for layer in self.layers:
+                x = layer.forward(x, training=training)
         return x
 
     def backward(self, dlogits: Array, *, input_grad: bool = False) -> Array | None:
@@ -155,8 +161,9 @@ class Sequential:
         """
         first = 0 if input_grad else self._first_param_layer()
         dy = dlogits
-        for i in range(len(self.layers) - 1, first - 1, -1):
-            dy = self.layers[i].backward(dy, need_dx=input_grad or i > first)
+        with self.backend.activate():
+            for i in range(len(self.layers) - 1, first - 1, -1):
+                dy = self.layers[i].backward(dy, need_dx=input_grad or i > first)
         return dy if input_grad else None
 
     def _first_param_layer(self) -> int:
@@ -192,7 +199,8 @@ class Sequential:
 
     def zero_grad(self) -> None:
         """Set every gradient to 0 (``backward`` overwrites them, so this is rarely needed)."""
-        self.flat_grads[...] = 0
+        with self.backend.activate():
+            self.flat_grads[...] = 0
 
     # --- description --------------------------------------------------------------------------
     def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
@@ -226,7 +234,8 @@ class Sequential:
         """A copy of this model with the same weights on ``backend`` (this model is unchanged)."""
         layers = [type(layer)(**layer.config()) for layer in self.layers]
         clone = Sequential(layers, backend=backend, dtype=self.dtype.name, seed=self.seed)
-        clone.flat_params[...] = clone.backend.asarray(self.backend.to_numpy(self.flat_params))
+        with clone.backend.activate():  # through the host: the two devices need not see each other
+            clone.flat_params[...] = clone.backend.asarray(self.backend.to_numpy(self.flat_params))
         return clone
 
     def state_dict(self) -> dict[str, Any]:
@@ -246,7 +255,9 @@ class Sequential:
                     f"parameter {key} has shape {tuple(value.shape)}, "
                     f"the model expects {self.params[key].shape}"
                 )
-            self.params[key][...] = self.backend.asarray(self.backend.to_numpy(value))
+        with self.backend.activate():
+            for key, value in state.items():
+                self.params[key][...] = self.backend.asarray(self.backend.to_numpy(value))
 
     def save(self, path: str | os.PathLike[str], optimizer: Any = None, **kwargs: Any) -> Path:
         """Write this model (and ``optimizer``'s state) to a safe checkpoint file; see

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpunn.backend import namespace
+from gpunn.backend import device_of, namespace
 from gpunn.nn.layer import Array
 from gpunn.nn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
 
@@ -18,7 +18,13 @@ def check_x(X: Any, n_features: int | None, *, name: str = "X", dtype: Any = Non
     """X as a 2-D numeric array (N, features) with N >= 1, the model's width and finite values.
 
     With ``dtype`` (the model's), values too large for it (they would become inf) are refused.
+    A device array is checked where it is (its device current), never moved.
     """
+    with device_of(X):
+        return _check_x(X, n_features, name, dtype)
+
+
+def _check_x(X: Any, n_features: int | None, name: str, dtype: Any) -> Array:
     xp = namespace(X)
     try:
         X = xp.asarray(X)
@@ -48,7 +54,15 @@ def check_x(X: Any, n_features: int | None, *, name: str = "X", dtype: Any = Non
 
 
 def check_y(y: Any, n: int, loss: Loss | None, n_outputs: int | None, *, name: str = "y") -> Array:
-    """Targets for n samples that suit ``loss`` (class ids, 0/1 labels or regression targets)."""
+    """Targets for n samples that suit ``loss`` (class ids, 0/1 labels or regression targets).
+
+    A device array is checked where it is (its device current), never moved.
+    """
+    with device_of(y):
+        return _check_y(y, n, loss, n_outputs, name)
+
+
+def _check_y(y: Any, n: int, loss: Loss | None, n_outputs: int | None, name: str) -> Array:
     xp = namespace(y)
     try:
         y = xp.asarray(y)
