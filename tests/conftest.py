@@ -1,4 +1,5 @@
-"""Shared fixtures: the `backend` fixture runs a test body on NumPy and, where usable, on CuPy."""
+"""Shared fixtures (the `backend` fixture runs a test body on NumPy and, where usable, on CuPy)
+and the note on the cuda_on_cpu checks printed at the end of a run."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import pytest
 
 import gpunn
 from gpunn import backend as backend_module
+
+from cuda_on_cpu import in_ci
+from cuda_on_cpu import report as cuda_on_cpu_report
 
 
 def _cupy_status() -> tuple[bool, str]:
@@ -30,3 +34,36 @@ def backend(request: pytest.FixtureRequest) -> gpunn.Backend:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return gpunn.get_backend(request.param)
+
+
+# ------------------------------------------------------------------------------------------
+# The note on the GPU checks that run without a GPU (pytest -m cuda_on_cpu; tests/cuda_on_cpu/)
+# ------------------------------------------------------------------------------------------
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    cuda_on_cpu_report.record(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    cuda_on_cpu_report.record(report)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = cuda_on_cpu_report.summary_lines()
+    if lines:
+        terminalreporter.section("GPU code checked without a GPU (cuda_on_cpu)")
+        for line in lines:
+            terminalreporter.write_line(line)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI a skipped cuda_on_cpu test fails the run: those checks must run there."""
+    skipped = cuda_on_cpu_report.ci_failures()
+    if in_ci() and skipped and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"CI: {len(skipped)} cuda_on_cpu test(s) skipped; they must run here", red=True
+            )
