@@ -55,15 +55,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section("GPU code checked without a GPU (cuda_on_cpu)")
         for line in lines:
             terminalreporter.write_line(line)
+    skipped = cuda_on_cpu_report.ci_failures()
+    if in_ci() and skipped:
+        terminalreporter.write_line(
+            f"CI is set: {len(skipped)} cuda_on_cpu test(s) skipped, which fails the run", red=True
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under CI a skipped cuda_on_cpu test fails the run: those checks must run there."""
-    skipped = cuda_on_cpu_report.ci_failures()
-    if in_ci() and skipped and exitstatus == pytest.ExitCode.OK:
+    if in_ci() and cuda_on_cpu_report.ci_failures() and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(
-                f"CI: {len(skipped)} cuda_on_cpu test(s) skipped; they must run here", red=True
-            )
