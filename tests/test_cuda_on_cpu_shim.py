@@ -660,8 +660,8 @@ STEP = Elementwise(
 
 @pytest.fixture(scope="module")
 def exp_xp() -> Any:
-    """An array module with AXPY compiled in advance (STEP compiles when it is constructed)."""
-    return emulated_array_module(elementwise=[AXPY])
+    """An array module whose two ElementwiseKernels are compiled together, once."""
+    return emulated_array_module(elementwise=[AXPY, STEP])
 
 
 def make(xp: Any, src: Elementwise) -> Any:
@@ -723,5 +723,9 @@ def test_elementwise_float32_flushes_subnormals_float64_does_not(exp_xp: Any) ->
     assert axpy(x64, np.zeros(4), 1e-160)[1] != 0
 
 
-def test_an_elementwise_kernel_outside_the_prebuilt_ones_compiles_on_its_own(exp_xp: Any) -> None:
-    assert make(exp_xp, STEP).module is not make(exp_xp, AXPY).module
+def test_an_elementwise_kernel_outside_the_given_sources_is_refused(exp_xp: Any) -> None:
+    with pytest.raises(ValueError, match="'shim_square' is not one of the sources given"):
+        exp_xp.ElementwiseKernel("T x", "T y", "y = x * x;", "shim_square")
+    changed = Elementwise(AXPY.name, AXPY.in_params, AXPY.out_params, "z = x * s - y;")
+    with pytest.raises(ValueError, match="not one of the sources given"):
+        make(exp_xp, changed)  # same name, another operation: not what was compiled

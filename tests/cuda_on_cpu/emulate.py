@@ -815,9 +815,11 @@ def emulated_array_module(
 
     Code written against CuPy's namespace (``xp.RawModule(code=...)``, ``xp.empty``...) then runs
     its CUDA kernels on the CPU. ``settings`` go to every :class:`EmulatedModule` (e.g.
-    ``math="high"``). ``elementwise``: ElementwiseKernel sources to compile together, in one
-    module, for float32 and float64 (one g++ run instead of one per kernel); any other
-    ElementwiseKernel is compiled on its own when constructed. The module records what ran:
+    ``math="high"``). ``elementwise``: the ElementwiseKernel sources code may construct,
+    compiled together in one module for float32 and float64 (one g++ run instead of one per
+    kernel); constructing any other then raises ``ValueError`` (a kernel outside gpunn's
+    registry would escape the checks). Without ``elementwise`` each ElementwiseKernel is
+    compiled on its own when constructed. The module records what ran:
     ``xp.elementwise_launches`` (a Counter of ``(kernel name, dtype)``) and ``xp.raw_modules``
     (every :class:`EmulatedModule` made, each with its ``launches``).
     """
@@ -845,9 +847,16 @@ def emulated_array_module(
         in_params: str, out_params: str, operation: str, name: str
     ) -> EmulatedElementwiseKernel:
         source = Elementwise(name, in_params, out_params, operation)
-        module = prebuilt.get(source) or EmulatedModule(
-            elementwise_code([source], dtypes), **{**settings, "source_name": f"{name}.cu"}
-        )
+        module = prebuilt.get(source)
+        if module is None and prebuilt:
+            known = ", ".join(src.name for src in prebuilt)
+            raise ValueError(
+                f"ElementwiseKernel {name!r} is not one of the sources given ({known})"
+            )
+        if module is None:
+            module = EmulatedModule(
+                elementwise_code([source], dtypes), **{**settings, "source_name": f"{name}.cu"}
+            )
         return EmulatedElementwiseKernel(source, module, elementwise_launches)
 
     xp.RawModule = raw_module  # type: ignore[attr-defined]
