@@ -130,7 +130,9 @@ def test_every_kernel_is_probed_and_will_be_compiled(
         assert defined and set(job.functions) == set(defined), (filename, job.functions, defined)
 
 
-def test_a_kernel_no_probe_calls_is_reported(usage: cc.RecordingXp, monkeypatch: Any) -> None:
+def test_a_kernel_no_probe_calls_is_reported(
+    usage: cc.RecordingXp, monkeypatch: pytest.MonkeyPatch
+) -> None:
     extra = Elementwise("gpunn_unprobed", "T x", "T y", "y = x;")
     monkeypatch.setattr(gk, "ELEMENTWISE_SOURCES", (*gk.ELEMENTWISE_SOURCES, extra))
     with pytest.raises(ValueError, match="gpunn_unprobed is never called by the self-check"):

