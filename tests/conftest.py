@@ -11,12 +11,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from cuda_on_cpu import in_ci
-from cuda_on_cpu import report as cuda_on_cpu_report
 
 import gpunn
 from gpunn import backend as backend_module
 from gpunn.testing import fake_cupy
+
+from cuda_on_cpu import in_ci
+from cuda_on_cpu import report as cuda_on_cpu_report
 
 #: The emulated GPU: GPU 1 of two (current for the test body, as a user's own code would have
 #: it), fused kernels off (the emulation runs no CUDA code), float32 subnormals flushed as CuPy's
