@@ -210,6 +210,19 @@ class Sequential:
             nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
             layer.connect(prev, nxt)
 
+    def min_train_batch(self) -> tuple[int, str]:
+        """(the fewest samples a training batch may hold, the layer that asks for it): BatchNorm
+        needs 2 values per channel; (1, "") when no layer minds or the input shape is unknown."""
+        if self.input_shape is None:
+            return 1, ""
+        need, who = 1, ""
+        shapes = [self.input_shape, *self._shapes(self.input_shape)]
+        for i, layer in enumerate(self.layers):
+            least = getattr(layer, "min_train_batch", None)
+            if least is not None and least(shapes[i]) > need:
+                need, who = least(shapes[i]), f"layer {i} ({layer.describe()})"
+        return need, who
+
     def _build_state(self) -> None:
         """Allocate ``flat_state`` and its views ``state``, filled with each layer's initial
         state (BatchNorm: running mean 0, running variance 1)."""
