@@ -253,12 +253,16 @@ class Sequential:
 
     # --- computation --------------------------------------------------------------------------
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        """Outputs (logits) for inputs x (N, in) -> (N, out), on the model's backend.
+        """Outputs (logits) for inputs x (N, *input_shape) -> (N, out), on the model's backend.
 
-        The returned array is the model's own: it stays valid until the next ``forward``.
+        The returned array is the model's own: it stays valid until the next ``forward``. A
+        model that does not know its input shape yet learns it from x (see
+        :meth:`set_input_shape`).
         """
         with self.backend.activate():  # workspaces and launches on this model's device
             x = self.backend.asarray(x, dtype=self.dtype)  # no copy when already in place
+            if self.input_shape is None:  # the first data fixes the shape of a sample
+                self.set_input_shape(x.shape[1:])
             for layer in self.layers:
                 x = layer.forward(x, training=training)
         return x
