@@ -42,6 +42,10 @@ class Sequential:
     ``input_shape`` is one sample's shape, without the batch axis (``(1, 28, 28)`` for MNIST
     images). Without it the model takes it from a first Dense layer, or else from the first
     data it is given (``fit``, ``evaluate``, ``predict``, or :meth:`set_input_shape`).
+
+    Every method that allocates or computes runs with the backend's device current
+    (``backend.activate()``), so a model on ``"cupy:1"`` keeps all its arrays on GPU 1 whichever
+    device the caller has current.
     """
 
     def __init__(
@@ -180,29 +184,30 @@ class Sequential:
                 count = _prod(shape)
                 size += -(-count // ALIGN) * ALIGN  # round up: padding stays 0 in both buffers
         xp = self.xp
-        self.flat_params = xp.zeros(size, dtype=self.dtype)
-        self.flat_grads = xp.zeros(size, dtype=self.dtype)
-        self.layout = offsets
-        self.params: dict[str, Array] = {}
-        self.grads: dict[str, Array] = {}
-        for key, (start, shape) in offsets.items():
-            stop = start + _prod(shape)
-            self.params[key] = self.flat_params[start:stop].reshape(shape)
-            self.grads[key] = self.flat_grads[start:stop].reshape(shape)
-            if key in values:
-                host = self.backend.to_numpy(values[key]).astype(self.dtype.name)
-                self.params[key][...] = self.backend.asarray(host)
-        self._build_state()
-        for i, layer in enumerate(self.layers):
-            names = layer.param_shapes()
-            layer.seed = self.seed * 1000 + i  # per-layer device RNG seed (Dropout)
-            layer.bind(
-                xp,
-                self.dtype,
-                {n: self.params[f"{i}.{n}"] for n in names},
-                {n: self.grads[f"{i}.{n}"] for n in names},
-            )
-            layer.bind_state({n: self.state[f"{i}.{n}"] for n in layer.state_shapes()})
+        with self.backend.activate():  # the buffers, the copies and each layer's device state
+            self.flat_params = xp.zeros(size, dtype=self.dtype)
+            self.flat_grads = xp.zeros(size, dtype=self.dtype)
+            self.layout = offsets
+            self.params: dict[str, Array] = {}
+            self.grads: dict[str, Array] = {}
+            for key, (start, shape) in offsets.items():
+                stop = start + _prod(shape)
+                self.params[key] = self.flat_params[start:stop].reshape(shape)
+                self.grads[key] = self.flat_grads[start:stop].reshape(shape)
+                if key in values:
+                    host = self.backend.to_numpy(values[key]).astype(self.dtype.name)
+                    self.params[key][...] = self.backend.asarray(host)
+            self._build_state()
+            for i, layer in enumerate(self.layers):
+                names = layer.param_shapes()
+                layer.seed = self.seed * 1000 + i  # per-layer device RNG seed (Dropout)
+                layer.bind(
+                    xp,
+                    self.dtype,
+                    {n: self.params[f"{i}.{n}"] for n in names},
+                    {n: self.grads[f"{i}.{n}"] for n in names},
+                )
+                layer.bind_state({n: self.state[f"{i}.{n}"] for n in layer.state_shapes()})
         # Each layer meets its neighbours, in order (a layer may change the one before it:
         # an activation takes over the bias of the Dense layer it follows).
         for i, layer in enumerate(self.layers):
@@ -248,13 +253,18 @@ class Sequential:
 
     # --- computation --------------------------------------------------------------------------
     def forward(self, x: Array, *, training: bool = True) -> Array:
-        """Outputs (logits) for inputs x (N, in) -> (N, out), on the model's backend.
+        """Outputs (logits) for inputs x (N, *input_shape) -> (N, out), on the model's backend.
 
-        The returned array is the model's own: it stays valid until the next ``forward``.
+        The returned array is the model's own: it stays valid until the next ``forward``. A
+        model that does not know its input shape yet learns it from x (see
+        :meth:`set_input_shape`).
         """
-        x = self.backend.asarray(x, dtype=self.dtype)  # no copy when already in place
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
+        with self.backend.activate():  # workspaces and launches on this model's device
+            x = self.backend.asarray(x, dtype=self.dtype)  # no copy when already in place
+            if self.input_shape is None:  # the first data fixes the shape of a sample
+                self.set_input_shape(x.shape[1:])
+            for layer in self.layers:
+                x = layer.forward(x, training=training)
         return x
 
     def backward(self, dlogits: Array, *, input_grad: bool = False) -> Array | None:
@@ -265,8 +275,9 @@ class Sequential:
         """
         first = 0 if input_grad else self._first_param_layer()
         dy = dlogits
-        for i in range(len(self.layers) - 1, first - 1, -1):
-            dy = self.layers[i].backward(dy, need_dx=input_grad or i > first)
+        with self.backend.activate():
+            for i in range(len(self.layers) - 1, first - 1, -1):
+                dy = self.layers[i].backward(dy, need_dx=input_grad or i > first)
         return dy if input_grad else None
 
     def _first_param_layer(self) -> int:
@@ -302,7 +313,8 @@ class Sequential:
 
     def zero_grad(self) -> None:
         """Set every gradient to 0 (``backward`` overwrites them, so this is rarely needed)."""
-        self.flat_grads[...] = 0
+        with self.backend.activate():
+            self.flat_grads[...] = 0
 
     # --- description --------------------------------------------------------------------------
     def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
@@ -342,8 +354,9 @@ class Sequential:
             seed=self.seed,
             input_shape=self.input_shape,
         )
-        clone.flat_params[...] = clone.backend.asarray(self.backend.to_numpy(self.flat_params))
-        clone.flat_state[...] = clone.backend.asarray(self.backend.to_numpy(self.flat_state))
+        with clone.backend.activate():  # through the host: the two devices need not see each other
+            clone.flat_params[...] = clone.backend.asarray(self.backend.to_numpy(self.flat_params))
+            clone.flat_state[...] = clone.backend.asarray(self.backend.to_numpy(self.flat_state))
         return clone
 
     def state_dict(self) -> dict[str, Any]:
@@ -370,7 +383,9 @@ class Sequential:
                     f"{what} {key} has shape {tuple(value.shape)}, "
                     f"the model expects {targets[key].shape}"
                 )
-            targets[key][...] = self.backend.asarray(self.backend.to_numpy(value))
+        with self.backend.activate():
+            for key, value in state.items():
+                targets[key][...] = self.backend.asarray(self.backend.to_numpy(value))
 
     def save(self, path: str | os.PathLike[str], optimizer: Any = None, **kwargs: Any) -> Path:
         """Write this model (and ``optimizer``'s state) to a safe checkpoint file; see

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -24,6 +24,7 @@ from gpunn.math.activations import (
     tanh_forward,
 )
 from gpunn.testing import check_function_gradients, check_layer_gradients
+from gpunn.testing.fake_cupy import flush_subnormals
 
 Z = np.array([[-2.0, -0.5, 0.0, 0.5, 2.0], [-3.0, 1.0, -1e-3, 1e-3, 10.0]])
 SIG = 1.0 / (1.0 + np.exp(-Z))
@@ -231,8 +232,19 @@ fixture_ok = settings(  # fixed examples, nothing written to disk: the same run 
 )
 
 
+def on(backend, a):
+    """NumPy's float32 values as ``backend`` sees or leaves them: CuPy compiles every kernel with
+    ``-ftz=true``, so on a GPU (and the emulation) float32 subnormals read and are written as
+    zero; NumPy keeps them."""
+    return flush_subnormals(a) if backend.is_gpu else a
+
+
+SUBNORMAL = np.float32(1e-45)  # the smallest positive float32: 2**-149
+
+
 @fixture_ok
 @given(z=finite_float32)
+@example(z=np.array([SUBNORMAL, -SUBNORMAL, 0.0, 1e-38], dtype=np.float32))
 def test_sigmoid_in_unit_interval_for_any_finite_float32(backend, z):
     with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
         warnings.simplefilter("error")
@@ -247,10 +259,14 @@ def test_sigmoid_in_unit_interval_for_any_finite_float32(backend, z):
 
 @fixture_ok
 @given(z=finite_float32, slope=st.floats(0, 0.99))
+@example(z=np.array([SUBNORMAL], dtype=np.float32), slope=0.0)  # the GPU's answer is 0
+@example(z=np.array([-1e-38, 1e-38, 3e-38], dtype=np.float32), slope=0.5)  # slope z subnormal
 def test_leaky_relu_is_max_of_z_and_slope_z(backend, z, slope):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         a = backend.to_numpy(leaky_relu_forward(backend.asarray(z), slope, xp=backend.xp))
         tanh = backend.to_numpy(tanh_forward(backend.asarray(z), xp=backend.xp))
-    np.testing.assert_array_equal(a, np.maximum(z, np.float32(slope) * z))
+    z_in = on(backend, z)  # what the kernels read (z > 0 and slope * z flush their inputs)
+    expected = np.maximum(z_in, on(backend, np.float32(slope) * z_in))
+    np.testing.assert_array_equal(a, on(backend, expected))
     assert np.all(np.abs(tanh) <= 1)

@@ -139,6 +139,27 @@ def test_tf32_has_no_effect_on_numpy():
     assert gpunn.get_backend("numpy", tf32=True).tf32 is False
 
 
+def test_tf32_names_gpunn_uses_exist_in_the_installed_cupy():
+    """gpunn switches TF32 with CuPy's per-process compute type (importable without a GPU); the
+    cuBLAS math-mode constant it used before, CUBLAS_TF32_TENSOR_OP_MATH, is in no CuPy."""
+    cupy = pytest.importorskip("cupy", reason="needs the cupy package (a GPU is not needed)")
+    api = backend_module._compute_type_api(cupy)
+    assert api is not None, f"CuPy {cupy.__version__} has no compute-type switch"
+    linalg = cupy._core._routines_linalg
+    assert api.set is linalg.set_compute_type and api.get is linalg.get_compute_type
+    assert (api.tf32, api.default) == (linalg.COMPUTE_TYPE_TF32, linalg.COMPUTE_TYPE_DEFAULT)
+    assert api.tf32 != api.default
+
+
+@pytest.mark.parametrize("spec", ["cupy", "auto"])
+def test_tf32_without_cupys_switch_raises_a_clear_error(monkeypatch, spec):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy())  # a stand-in without cupy._core
+    with pytest.raises(backend_module.TF32UnsupportedError, match="TF32 needs CuPy >= 13"):
+        gpunn.get_backend(spec, tf32=True)
+    b = gpunn.get_backend(spec)
+    assert b.is_gpu and b.tf32 is False  # without tf32= nothing is switched
+
+
 def test_to_numpy_copies_device_arrays_through_get():
     class DeviceArray:
         def get(self):

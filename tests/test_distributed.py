@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 from subprocess import PIPE
@@ -48,13 +49,25 @@ TIMEOUT = 120  # seconds for one MPI job; each takes about one here
 # --------------------------------------------------------------------------------------------
 
 
+def mpi_unavailable() -> str | None:
+    """Why MPI cannot be used in this process (gpunn's own check), or None when it can.
+
+    mpi4py installed without an MPI library raises RuntimeError, not ImportError, at
+    ``from mpi4py import MPI``; ``distributed._mpi`` turns both into one RuntimeError.
+    """
+    try:
+        distributed._mpi()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
 @functools.cache
 def _mpiexec() -> list[str] | str:
     """The mpiexec command line prefix, or why MPI jobs cannot be started here."""
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError as exc:
-        return f"mpi4py is not installed ({exc}); pip install 'gpunn[mpi]'"
+    reason = mpi_unavailable()
+    if reason is not None:
+        return reason
     exe = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
     if exe is None:
         return "no mpiexec found (next to Python or on PATH); pip install 'gpunn[mpi]'"
@@ -453,8 +466,7 @@ def test_each_rank_takes_gpu_local_rank_modulo_device_count(
     assert device_spec_for_rank(spec, local, count) == expected
 
 
-def test_a_single_process_is_a_job_of_one_rank() -> None:
-    pytest.importorskip("mpi4py", reason="mpi4py is not installed; pip install 'gpunn[mpi]'")
+def test_a_single_process_is_a_job_of_one_rank(mpi_needed: None) -> None:
     comm = get_communicator("numpy")
     assert isinstance(comm, SingleProcess) and (comm.rank, comm.size) == (0, 1)
     forced = get_communicator("numpy", "mpi")
@@ -564,7 +576,44 @@ class FakeMPIComm:
 
 @pytest.fixture
 def mpi_needed() -> None:
-    pytest.importorskip("mpi4py", reason="mpi4py is not installed; pip install 'gpunn[mpi]'")
+    """Skip, saying why, where mpi4py or its MPI library is missing."""
+    reason = mpi_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def _mpi4py_without_a_library() -> Any:
+    """An ``mpi4py`` package as pip leaves it on a machine with no MPI library."""
+    module = types.ModuleType("mpi4py")
+
+    def __getattr__(name: str) -> Any:
+        if name == "MPI":
+            raise RuntimeError("cannot load MPI library: libmpi.so.12: cannot open shared object")
+        raise AttributeError(name)
+
+    module.__getattr__ = __getattr__
+    return module
+
+
+def test_mpi4py_without_an_mpi_library_is_a_clear_error_and_a_skip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "mpi4py", _mpi4py_without_a_library())
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
+    with pytest.raises(
+        RuntimeError, match="mpi4py is installed but cannot load an MPI library"
+    ) as info:
+        distributed._mpi()
+    assert "libmpi.so.12" in str(info.value) and "pip install 'gpunn[mpi]'" in str(info.value)
+    with pytest.raises(RuntimeError, match="cannot load an MPI library"):
+        get_communicator("numpy")
+    reason = mpi_unavailable()  # what the MPI tests skip with
+    assert reason is not None and "cannot load an MPI library" in reason
+    _mpiexec.cache_clear()
+    try:
+        assert _mpiexec() == reason  # the 2-rank jobs skip with it too
+    finally:
+        _mpiexec.cache_clear()
 
 
 def test_device_buffers_are_staged_through_reused_host_memory(mpi_needed: None) -> None:
@@ -695,7 +744,7 @@ def _gpu_count() -> int:
 @pytest.mark.gpu
 def test_nccl_communicator_on_a_real_gpu(mpi_needed: None) -> None:
     _gpu_count()
-    from mpi4py import MPI
+    MPI = distributed._mpi()
 
     backend = gpunn.get_backend("cupy:0")
     if not distributed._nccl_module(backend.xp).available:

@@ -521,8 +521,16 @@ def fits_in(backend: gpunn.Backend, monkeypatch: pytest.MonkeyPatch, rows: int) 
 def test_chunked_run_matches_the_all_at_once_run(
     backend: gpunn.Backend, monkeypatch: pytest.MonkeyPatch, rows: int
 ) -> None:
-    """Data that does not fit is streamed in chunks, and training is bitwise the same: the same
-    batches, in the same order, whatever the chunk size (batch size 8, N = 50)."""
+    """Data that does not fit is streamed in chunks, and training is the same: the same
+    batches, in the same order, whatever the chunk size (batch size 8, N = 50).
+
+    On NumPy both runs make the same BLAS calls on equal float64 batches and agree bit for
+    bit (the BLAS NumPy ships gives the same bits here wherever a batch starts: this test has
+    always held on it, so a difference means different batches). On a GPU they agree to
+    rounding only: cuBLAS chooses its GEMM kernel by the operands' memory alignment too (a
+    chunk's batch is a view starting anywhere in the chunk, a gathered batch a fresh allocation),
+    and two kernels may sum in different orders.
+    """
     X, y = make_data()
     reference = make_model(backend)
     ref_history = fit_small(reference, X, y, seed=7, epochs=2, batch_size=8)
@@ -533,8 +541,12 @@ def test_chunked_run_matches_the_all_at_once_run(
     history = fit_small(model, X, y, seed=7, epochs=2, batch_size=8)
 
     assert not any(getattr(a, "shape", (0,))[0] == N and a.ndim == 2 for a in moved)
-    np.testing.assert_array_equal(host(model), host(reference))
-    assert history["loss"] == ref_history["loss"]
+    if backend.is_gpu:  # (the emulation would pass bit for bit too; it is held to the GPU's bar)
+        np.testing.assert_allclose(host(model), host(reference), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(history["loss"], ref_history["loss"], rtol=1e-9)
+    else:
+        np.testing.assert_array_equal(host(model), host(reference))
+        assert history["loss"] == ref_history["loss"]
     assert history["accuracy"] == ref_history["accuracy"]
 
 

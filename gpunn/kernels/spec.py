@@ -47,16 +47,18 @@ class Elementwise:
     operation: str
 
 
-_BUILT: dict[tuple[str, str], Any] = {}
+#: (array module, name) -> built kernel object. Keyed by the module object, not its name, so that
+#: a stand-in module called "cupy" (gpunn.testing.fake_cupy) never shares kernels with CuPy.
+_BUILT: dict[tuple[Any, str], Any] = {}
 
 
 def elementwise(xp: Any, src: Elementwise) -> Any:
     """The ``xp.ElementwiseKernel`` for ``src``, constructed on first use and cached per module.
 
-    Constructing it is cheap; CuPy compiles (NVRTC) on the first call per dtype and caches the
-    binary, in memory and on disk.
+    Constructing it is cheap; CuPy compiles (NVRTC) on the first call per dtype and device and
+    caches the binary, in memory and on disk. One object serves every device.
     """
-    key = (xp.__name__, src.name)
+    key = (xp, src.name)
     kernel = _BUILT.get(key)
     if kernel is None:
         kernel = xp.ElementwiseKernel(src.in_params, src.out_params, src.operation, src.name)
@@ -66,7 +68,7 @@ def elementwise(xp: Any, src: Elementwise) -> Any:
 
 def cached(xp: Any, key: str, build: Callable[[], Any]) -> Any:
     """``build()`` once per (array module, key); for RawModules and other compiled objects."""
-    full = (xp.__name__, key)
+    full = (xp, key)
     obj = _BUILT.get(full)
     if obj is None:
         obj = build()

@@ -105,7 +105,7 @@ class ReLU(Activation):
         """
         super().connect(prev, nxt)
         if isinstance(prev, Conv2D) and isinstance(nxt, MaxPool2D):
-            prev.pool, nxt.merged = nxt, True
+            prev.merged_pool, nxt.merged = nxt, True
 
     def function(self, z: Array, out: Array) -> Array:
         return relu_forward(z, xp=self.xp, out=out)

@@ -106,8 +106,8 @@ class Conv2D(Layer):
         self.init = init
         #: True when the activation after this layer adds the bias (see gpunn.nn.activations)
         self.defer_bias = False
-        #: the MaxPool2D this layer runs before the activation (set by ReLU's connect)
-        self.pool: Any = None
+        #: the MaxPool2D this layer runs, before the activation (set by ReLU.connect)
+        self.merged_pool: Any = None
 
     def config(self) -> dict[str, Any]:
         return {
@@ -160,7 +160,7 @@ class Conv2D(Layer):
 
     def connect(self, prev: Layer | None, nxt: Layer | None) -> None:
         self.defer_bias = False  # until an activation after this layer takes the bias over
-        self.pool = None  # ... or moves the max-pool after it before itself
+        self.merged_pool = None  # ... or moves the max-pool after it before itself
 
     def deferred_bias(self) -> Array:
         """b as (O, 1, 1), for the activation that adds it (broadcasts over (N, O, H, W))."""
@@ -170,7 +170,7 @@ class Conv2D(Layer):
     def _fuses_pool(self) -> bool:
         """Whether this layer and its pool run as conv2d_maxpool2_forward (stride-1 conv, then
         a 2x2 pool of stride 2)."""
-        pool = self.pool
+        pool = self.merged_pool
         return (
             pool is not None
             and pair(self.stride) == (1, 1)
@@ -203,7 +203,7 @@ class Conv2D(Layer):
         O, C, kh, kw = W.shape
         N = x.shape[0]
         if self._fuses_pool():
-            _, Bh, Bw = self.pool.output_shape(self.output_shape(x.shape[1:]))
+            _, Bh, Bw = self.merged_pool.output_shape(self.output_shape(x.shape[1:]))
             P = N * Bh * Bw
             self.w4 = self.workspace("w4", (O, 2, 2, C, kh + 1, kw + 1), order=None, zero=True)
             y, self.argmax, self.cols = conv2d_maxpool2_forward(
@@ -235,8 +235,8 @@ class Conv2D(Layer):
             z=self.workspace("z", (O, P)),
             batch_last=True,
         )  # (N, O, Ho, Wo) view of (O, Ho, Wo, N) memory
-        if self.pool is not None:
-            y = self.pool.pool(y)  # moved here from after the activation (see ReLU.connect)
+        if self.merged_pool is not None:
+            y = self.merged_pool.pool(y)  # moved here from after the activation (see ReLU.connect)
         return y
 
     def backward(self, dy: Array, *, need_dx: bool = True) -> Array | None:
@@ -269,8 +269,8 @@ class Conv2D(Layer):
                 dcols=self.workspace("dcols4", self.cols.shape) if need_dx else None,
                 padded=dpadded,
             )
-        if self.pool is not None:
-            dy = self.pool.unpool(dy)
+        if self.merged_pool is not None:
+            dy = self.merged_pool.unpool(dy)
         dy = self._stored_batch_last(dy, "dy")  # so that conv2d_backward's dz is a view
         P = self.cols.shape[1]
         return conv2d_backward(

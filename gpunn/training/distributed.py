@@ -44,7 +44,15 @@ from typing import Any
 
 import numpy
 
-from gpunn.backend import Backend, _import_cupy, _parse_spec, _probe_cupy, get_backend, namespace
+from gpunn.backend import (
+    Backend,
+    _import_cupy,
+    _parse_spec,
+    _probe_cupy,
+    device_of,
+    get_backend,
+    namespace,
+)
 from gpunn.training.callbacks import Callback, ModelCheckpoint
 
 __all__ = [
@@ -185,15 +193,22 @@ class MPICommunicator(Communicator):
             run(buffer)
             return buffer
         xp = self.xp if self.xp is not None else namespace(buffer)
-        # MPI knows nothing of CUDA streams: let the kernels that write the buffer finish first.
-        xp.cuda.get_current_stream().synchronize()
-        if self.cuda_aware:
-            run(buffer)  # mpi4py passes the device pointer (__cuda_array_interface__) to MPI
-            return buffer
-        host = self._host_buffer(buffer, xp)
-        buffer.get(out=host)
-        run(host)
-        buffer.set(host)  # from page-locked memory this copy is complete when it returns
+        with device_of(buffer):  # the stream and the copies of the buffer's own GPU
+            # MPI knows nothing of CUDA streams: let the kernels that write the buffer finish.
+            # This also completes the previous collective's upload from the staging buffer
+            # (below), before get() overwrites that buffer.
+            xp.cuda.get_current_stream().synchronize()
+            if self.cuda_aware:
+                run(buffer)  # mpi4py passes the device pointer (__cuda_array_interface__) to MPI
+                return buffer
+            host = self._host_buffer(buffer, xp)
+            buffer.get(out=host)  # waits for the copy: host holds the values when it returns
+            run(host)
+            # From page-locked memory this upload is asynchronous: it is queued on the stream,
+            # so later kernels see the reduced values, but it may still be reading `host` when
+            # set() returns. Nothing writes `host` before the synchronize() at the top of the
+            # next collective, which is what makes reusing the staging buffer safe.
+            buffer.set(host)
         return buffer
 
     def _host_buffer(self, buffer: Any, xp: Any) -> numpy.ndarray:
@@ -222,7 +237,7 @@ class NCCLCommunicator(Communicator):
         super().__init__()
         self.mpi = MPICommunicator(mpi_comm, xp=backend.xp)
         self.rank, self.size, self.local_rank = self.mpi.rank, self.mpi.size, self.mpi.local_rank
-        self.xp, self.device = backend.xp, backend.device
+        self.backend, self.xp, self.device = backend, backend.xp, backend.device
         self.nccl = nccl if nccl is not None else _nccl_module(backend.xp)
         if not getattr(self.nccl, "available", True):
             raise RuntimeError("NCCL is not available: its library failed to load")
@@ -234,7 +249,7 @@ class NCCLCommunicator(Communicator):
         }
         uid = self.nccl.get_unique_id() if self.rank == 0 else None
         uid = self.mpi.comm.bcast(uid, root=0)  # NCCL's rendezvous address travels over MPI
-        with self.xp.cuda.Device(self.device):
+        with backend.activate():  # the communicator belongs to the current device
             self.comm = self.nccl.NcclCommunicator(self.size, uid, self.rank)
 
     def allreduce_sum(self, buffer: Any) -> Any:
@@ -247,18 +262,21 @@ class NCCLCommunicator(Communicator):
         if isinstance(buffer, numpy.ndarray):
             return host_fallback(buffer)
         ptr, count, dtype = self._describe(buffer)
-        self.comm.allReduce(ptr, ptr, count, dtype, op, self._stream())
+        with self.backend.activate():  # queued on this GPU's current stream
+            self.comm.allReduce(ptr, ptr, count, dtype, op, self._stream())
         return buffer
 
     def bcast(self, buffer: Any, root: int = 0) -> Any:
         if isinstance(buffer, numpy.ndarray):
             return self.mpi.bcast(buffer, root)
         ptr, count, dtype = self._describe(buffer)
-        self.comm.bcast(ptr, count, dtype, root, self._stream())
+        with self.backend.activate():
+            self.comm.bcast(ptr, count, dtype, root, self._stream())
         return buffer
 
     def barrier(self) -> None:
-        self.xp.cuda.get_current_stream().synchronize()  # queued NCCL work is part of "done"
+        with self.backend.activate():  # queued NCCL work is part of "done"
+            self.xp.cuda.get_current_stream().synchronize()
         self.mpi.barrier()
 
     def _describe(self, buffer: Any) -> tuple[int, int, int]:
@@ -267,6 +285,11 @@ class NCCLCommunicator(Communicator):
         name = numpy.dtype(buffer.dtype).name
         if name not in self.dtypes:
             raise ValueError(f"NCCL collectives take {sorted(self.dtypes)} buffers, not {name}")
+        where = getattr(buffer.data, "device_id", self.device)
+        if where != self.device:  # NCCL would read another GPU's memory as if it were its own
+            raise ValueError(
+                f"this NCCL communicator serves GPU {self.device}; the buffer is on GPU {where}"
+            )
         return buffer.data.ptr, buffer.size, self.dtypes[name]
 
     def _stream(self) -> int:
@@ -524,10 +547,16 @@ def _gpu_count() -> int:
 
 
 def _mpi() -> Any:
+    """mpi4py's ``MPI`` module; RuntimeError saying what to install when it cannot be loaded."""
     try:
         from mpi4py import MPI
     except ImportError as exc:
         raise RuntimeError(f"distributed training needs mpi4py: {INSTALL_HINT} ({exc})") from None
+    except RuntimeError as exc:  # mpi4py is there, but the MPI library it needs is not
+        raise RuntimeError(
+            f"mpi4py is installed but cannot load an MPI library ({exc}); install one: "
+            f"{INSTALL_HINT}"
+        ) from None
     return MPI
 
 

@@ -5,6 +5,15 @@ gathered there, and the batch order comes from a host generator seeded by ``seed
 CuPy see the same batches in the same order. The epoch's loss, correct-prediction count and
 first non-finite batch are accumulated on the device and read back once per epoch: a GPU is never
 made to wait for the host inside an epoch.
+
+Host reads (each one waits for the GPU), counted by tests/test_device_rules.py: ``fit`` reads
+once per epoch, plus once per epoch for ``validation_data`` (its evaluation); ``evaluate``
+reads once; ``predict`` never (it returns a device array). Checking inputs that are already on
+the device reads a few scalars once per call, before the first epoch. A data-parallel run over
+MPI without CUDA-aware transfers also copies each step's gradients through the host (see
+docs/distributed.md). The first use of each fused kernel in a process runs its self-check,
+which reads a few values once. Everything runs with the model's device current
+(``backend.activate()``), whatever device the caller has current.
 """
 
 from __future__ import annotations
@@ -193,74 +202,82 @@ def fit(
 
     _check_batch_sizes(model, X.shape[0], batch_size)
     backend, xp = model.backend, model.xp
-    data = DeviceData(backend, X, y, model.dtype, _label_dtype(loss, model))
-    seed = model.seed if seed is None else seed
-    dp = None
-    if comm is not None and comm.size > 1:
-        same = {"seed": seed, "shuffle": shuffle, "epochs": epochs, "initial_epoch": initial_epoch}
-        dp = DataParallel(comm, model, data.n, batch_size, same)  # broadcasts rank 0's weights
-        callbacks = dp.wrap_callbacks(callbacks)
-        verbose = verbose if comm.rank == 0 else 0
-    history = History()
-    steps = -(-data.n // batch_size)  # batches per epoch, the last one may be short
-    progress = Progress(verbose, initial_epoch + epochs, steps=steps, samples=data.n)
-    context = {
-        "model": model,
-        "optimizer": optimizer,
-        "loss": loss,
-        "history": history,
-        "steps_per_epoch": steps,
-    }
-    for cb in callbacks:
-        cb.set_context(context)
-        cb.on_train_begin()
-    model.stop_training = False
-    with progress:
-        for epoch in range(initial_epoch + 1, initial_epoch + epochs + 1):
-            for cb in callbacks:
-                cb.on_epoch_begin(epoch)
-            if shuffle:
-                order = backend.host_rng((seed, epoch)).permutation(data.n)
-            else:
-                order = backend.host_arange(data.n)
-            progress.start_epoch(epoch)
-            t0 = time.perf_counter()
-            stats = _epoch(model, loss, optimizer, data, order, batch_size, callbacks, progress, dp)
-            if dp is None:
-                # the one host read of the epoch: the (2, batches) stats and a weight checksum
-                checksum = model.flat_params.sum(dtype=xp.float64).reshape(1)
-                host = backend.to_numpy(xp.concatenate([stats.ravel(), checksum]))
-                stats, weight_sum = host[:-1].reshape(2, -1), float(host[-1])
-            else:  # read together with the ranks' checksums, then summed over the ranks
-                stats, weight_sum = dp.end_epoch(model, stats), 0.0
-            seconds = time.perf_counter() - t0
-            sizes = [min(batch_size, data.n - start) for start in range(0, data.n, batch_size)]
-            bad = [b for b, value in enumerate(stats[0]) if not math.isfinite(value)]
-            if bad:
-                raise NonFiniteLossError(epoch, bad[0] + 1, float(stats[0][bad[0]]))
-            if not math.isfinite(weight_sum):  # the epoch's last step broke the weights
-                raise NonFiniteLossError(epoch, steps, weight_sum, what="weights")
-            loss_sum = sum(
-                float(value) * size for value, size in zip(stats[0], sizes, strict=False)
-            )
-            logs = {"loss": loss_sum / data.n}
-            if loss.has_accuracy:
-                logs["accuracy"] = float(stats[1].sum()) / data.n
-            if val is not None:
-                for key, value in _evaluate(model, *val, loss).items():
-                    logs[f"val_{key}"] = value
-            logs["lr"] = optimizer.lr
-            logs["epoch_seconds"] = seconds
-            logs["samples_per_second"] = data.n / seconds if seconds > 0 else float("inf")
-            history.append(epoch, logs)
-            progress.end_epoch(epoch, logs)
-            for cb in callbacks:
-                cb.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-    for cb in callbacks:
-        cb.on_train_end()
-    return history
+    with backend.activate():  # every array of the run is made, and every kernel runs, on its device
+        data = DeviceData(backend, X, y, model.dtype, _label_dtype(loss, model))
+        seed = model.seed if seed is None else seed
+        dp = None
+        if comm is not None and comm.size > 1:
+            same = {
+                "seed": seed,
+                "shuffle": shuffle,
+                "epochs": epochs,
+                "initial_epoch": initial_epoch,
+            }
+            dp = DataParallel(comm, model, data.n, batch_size, same)  # broadcasts rank 0's weights
+            callbacks = dp.wrap_callbacks(callbacks)
+            verbose = verbose if comm.rank == 0 else 0
+        history = History()
+        steps = -(-data.n // batch_size)  # batches per epoch, the last one may be short
+        progress = Progress(verbose, initial_epoch + epochs, steps=steps, samples=data.n)
+        context = {
+            "model": model,
+            "optimizer": optimizer,
+            "loss": loss,
+            "history": history,
+            "steps_per_epoch": steps,
+        }
+        for cb in callbacks:
+            cb.set_context(context)
+            cb.on_train_begin()
+        model.stop_training = False
+        with progress:
+            for epoch in range(initial_epoch + 1, initial_epoch + epochs + 1):
+                for cb in callbacks:
+                    cb.on_epoch_begin(epoch)
+                if shuffle:
+                    order = backend.host_rng((seed, epoch)).permutation(data.n)
+                else:
+                    order = backend.host_arange(data.n)
+                progress.start_epoch(epoch)
+                t0 = time.perf_counter()
+                stats = _epoch(
+                    model, loss, optimizer, data, order, batch_size, callbacks, progress, dp
+                )
+                if dp is None:
+                    # the one host read of the epoch: the (2, batches) stats and a weight checksum
+                    checksum = model.flat_params.sum(dtype=xp.float64).reshape(1)
+                    host = backend.to_numpy(xp.concatenate([stats.ravel(), checksum]))
+                    stats, weight_sum = host[:-1].reshape(2, -1), float(host[-1])
+                else:  # read together with the ranks' checksums, then summed over the ranks
+                    stats, weight_sum = dp.end_epoch(model, stats), 0.0
+                seconds = time.perf_counter() - t0
+                sizes = [min(batch_size, data.n - start) for start in range(0, data.n, batch_size)]
+                bad = [b for b, value in enumerate(stats[0]) if not math.isfinite(value)]
+                if bad:
+                    raise NonFiniteLossError(epoch, bad[0] + 1, float(stats[0][bad[0]]))
+                if not math.isfinite(weight_sum):  # the epoch's last step broke the weights
+                    raise NonFiniteLossError(epoch, steps, weight_sum, what="weights")
+                loss_sum = sum(
+                    float(value) * size for value, size in zip(stats[0], sizes, strict=False)
+                )
+                logs = {"loss": loss_sum / data.n}
+                if loss.has_accuracy:
+                    logs["accuracy"] = float(stats[1].sum()) / data.n
+                if val is not None:
+                    for key, value in _evaluate(model, *val, loss).items():
+                        logs[f"val_{key}"] = value
+                logs["lr"] = optimizer.lr
+                logs["epoch_seconds"] = seconds
+                logs["samples_per_second"] = data.n / seconds if seconds > 0 else float("inf")
+                history.append(epoch, logs)
+                progress.end_epoch(epoch, logs)
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, logs)
+                if model.stop_training:
+                    break
+        for cb in callbacks:
+            cb.on_train_end()
+        return history
 
 
 def check_input(model: Sequential, X: Any, *, name: str = "X") -> Array:
@@ -388,14 +405,15 @@ def _on_device(model: Sequential, loss: Loss, X: Array, y: Array) -> tuple[Array
 def _evaluate(model: Sequential, X: Array, y: Array, loss: Loss) -> dict[str, float]:
     """``evaluate`` on checked device arrays: batched forward passes, one host read."""
     backend, xp = model.backend, model.xp
-    totals = xp.zeros(2, dtype=xp.float64)
-    for start, stop in _slices(X.shape[0], _predict_batch(model)):
-        logits = model.forward(X[start:stop], training=False)
-        yb = y[start:stop]
-        totals[0] += loss.forward(logits, yb) * (stop - start)
-        if loss.has_accuracy:
-            totals[1] += loss.correct(logits, yb)
-    sums = backend.to_numpy(totals)
+    with backend.activate():
+        totals = xp.zeros(2, dtype=xp.float64)
+        for start, stop in _slices(X.shape[0], _predict_batch(model)):
+            logits = model.forward(X[start:stop], training=False)
+            yb = y[start:stop]
+            totals[0] += loss.forward(logits, yb) * (stop - start)
+            if loss.has_accuracy:
+                totals[1] += loss.correct(logits, yb)
+    sums = backend.to_numpy(totals)  # the one host read
     result = {"loss": float(sums[0]) / X.shape[0]}
     if loss.has_accuracy:
         result["accuracy"] = float(sums[1]) / X.shape[0]
@@ -408,12 +426,13 @@ def predict(model: Sequential, X: Any, batch_size: int | None = None) -> Array:
     batch_size = check_batch_size(batch_size) or _predict_batch(model)
     backend, xp = model.backend, model.xp
     out = None
-    for start, stop in _slices(X.shape[0], batch_size):
-        xb = backend.asarray(X[start:stop], dtype=model.dtype)
-        yb = model.forward(xb, training=False)
-        if out is None:  # the output width is known once the first batch has gone through
-            out = xp.empty((X.shape[0],) + yb.shape[1:], dtype=model.dtype)
-        out[start:stop] = yb
+    with backend.activate():
+        for start, stop in _slices(X.shape[0], batch_size):
+            xb = backend.asarray(X[start:stop], dtype=model.dtype)
+            yb = model.forward(xb, training=False)
+            if out is None:  # the output width is known once the first batch has gone through
+                out = xp.empty((X.shape[0],) + yb.shape[1:], dtype=model.dtype)
+            out[start:stop] = yb
     return out
 
 

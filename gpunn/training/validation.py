@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpunn.backend import namespace
+from gpunn.backend import device_of, namespace
 from gpunn.nn.layer import Array
 from gpunn.nn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
 
@@ -27,12 +27,20 @@ def check_x(
     ``shape`` is one sample's shape, or an int for a vector of that many features (2-D X, as
     for an MLP); None when the model has yet to learn it, and then ``rank`` is how many axes a
     sample must have (None: any). With ``dtype`` (the model's), values too large for it (they
-    would become inf) are refused.
+    would become inf) are refused. A device array is checked where it is (its device current),
+    never moved.
     """
     if isinstance(shape, int):
         shape = (shape,)
     if shape is not None:
         rank = len(shape)
+    with device_of(X):
+        return _check_x(X, shape, rank, name, dtype)
+
+
+def _check_x(
+    X: Any, shape: tuple[int, ...] | None, rank: int | None, name: str, dtype: Any
+) -> Array:
     xp = namespace(X)
     try:
         X = xp.asarray(X)
@@ -93,7 +101,15 @@ def _prod(shape: tuple[int, ...]) -> int:
 
 
 def check_y(y: Any, n: int, loss: Loss | None, n_outputs: int | None, *, name: str = "y") -> Array:
-    """Targets for n samples that suit ``loss`` (class ids, 0/1 labels or regression targets)."""
+    """Targets for n samples that suit ``loss`` (class ids, 0/1 labels or regression targets).
+
+    A device array is checked where it is (its device current), never moved.
+    """
+    with device_of(y):
+        return _check_y(y, n, loss, n_outputs, name)
+
+
+def _check_y(y: Any, n: int, loss: Loss | None, n_outputs: int | None, name: str) -> Array:
     xp = namespace(y)
     try:
         y = xp.asarray(y)
