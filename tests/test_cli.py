@@ -985,3 +985,63 @@ def files_of_width(width: int) -> pathlib.Path:
     rows = np.column_stack([np.zeros((10, width)), np.arange(10) % 2])
     np.savetxt(path, rows, delimiter=",", fmt="%g")
     return path
+
+
+def test_the_ctrl_c_snapshot_restores_batchnorm_statistics_with_the_weights() -> None:
+    """What Ctrl-C saves is the model as it was at the end of the last finished epoch: its
+    running statistics too, not those a half epoch later."""
+    layers = [gpunn.Dense(4, 6), gpunn.BatchNorm1D(6), gpunn.ReLU(), gpunn.Dense(6, 3)]
+    model = gpunn.Sequential(layers, backend="numpy", seed=0)
+    optimizer = gpunn.SGD(0.1)
+    snapshot = cli._epoch_snapshot()
+    snapshot.model, snapshot.optimizer = model, optimizer  # what fit's set_context gives it
+    X, y = np.random.default_rng(0).standard_normal((16, 4)), np.arange(16) % 3
+    model.fit(X, y, loss=gpunn.SoftmaxCrossEntropy(), optimizer=optimizer, epochs=1, verbose=0)
+    snapshot.on_epoch_end(1, {})
+    params, stats = model.flat_params.copy(), model.flat_state.copy()
+    model.fit(X, y, loss=gpunn.SoftmaxCrossEntropy(), optimizer=optimizer, epochs=1, verbose=0)
+    assert not np.array_equal(model.flat_state, stats)  # half an epoch (here one) moved them
+    assert snapshot.restore() == 1
+    np.testing.assert_array_equal(model.flat_params, params)
+    np.testing.assert_array_equal(model.flat_state, stats)
+
+
+def test_cifar10_trains_lenet5_on_its_colour_images(
+    gpunn_cli: Callable[..., Result], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--dataset cifar10 --model lenet``: LeNet-5 on 3x32x32 images, its own test set; the
+    archive (a small one in the official binary format) is already in the cache."""
+    import hashlib
+    import tarfile
+
+    from gpunn.datasets import cifar
+
+    rng = np.random.default_rng(0)
+    records = rng.integers(0, 256, (40, 3073), dtype=np.uint8)
+    records[:, 0] = np.arange(40) % 10  # every class in the training rows, and in the test
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+        chunks = [records[i * 6 : (i + 1) * 6] for i in range(5)] + [records[30:]]
+        for name, chunk in zip(names, chunks, strict=True):
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = chunk.nbytes
+            tar.addfile(info, io.BytesIO(chunk.tobytes()))
+    body = archive.getvalue()
+    cached = tmp_path / "gpunn-cache" / "cifar10" / cifar.ARCHIVE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(body)
+    monkeypatch.setitem(cifar.PINNED, cifar.ARCHIVE, (len(body), hashlib.sha256(body).hexdigest()))
+
+    args = ["--dataset", "cifar10", "--model", "lenet", "--epochs", "1", "--batch-size", "8"]
+    trained = gpunn_cli("train", *args, "--save", "c.st")
+    assert trained.status == 0, trained.err
+    assert "cifar10, the official test set, 10% of the rest for validation" in trained.out
+    assert "40 images of 3x32x32: 27 train, 3 validation, 10 test" in trained.out
+    assert "Conv2D(5x5, pad 2)" in trained.out and "1 epoch, batch size 8" in trained.out
+    assert gpunn.checkpoint.read_info("c.st")["input_shape"] == [3, 32, 32]
+    scored = gpunn_cli("evaluate", "--checkpoint", "c.st")
+    assert scored.status == 0, scored.err
+    assert f"accuracy: {reported_accuracy(trained.out):.2f}%" in scored.out
+    flat = gpunn_cli("train", "--dataset", "cifar10", "--epochs", "1", "--hidden", "16")
+    assert flat.status == 0 and "40 samples x 3072 features" in flat.out, flat.err
