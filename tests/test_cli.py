@@ -1033,15 +1033,17 @@ def test_cifar10_trains_lenet5_on_its_colour_images(
     cached.write_bytes(body)
     monkeypatch.setitem(cifar.PINNED, cifar.ARCHIVE, (len(body), hashlib.sha256(body).hexdigest()))
 
-    args = ["--dataset", "cifar10", "--model", "lenet", "--epochs", "1", "--batch-size", "8"]
+    args = ["--dataset", "cifar10", "--model", "lenet", "--epochs", "1"]
     trained = gpunn_cli("train", *args, "--save", "c.st")
     assert trained.status == 0, trained.err
     assert "cifar10, the official test set, 10% of the rest for validation" in trained.out
     assert "40 images of 3x32x32: 27 train, 3 validation, 10 test" in trained.out
-    assert "Conv2D(5x5, pad 2)" in trained.out and "1 epoch, batch size 8" in trained.out
+    # --model lenet's cifar10 defaults (the MLP's batch size would be 128)
+    assert "Conv2D(5x5, pad 2)" in trained.out and "1 epoch, batch size 64" in trained.out
     assert gpunn.checkpoint.read_info("c.st")["input_shape"] == [3, 32, 32]
     scored = gpunn_cli("evaluate", "--checkpoint", "c.st")
     assert scored.status == 0, scored.err
     assert f"accuracy: {reported_accuracy(trained.out):.2f}%" in scored.out
     flat = gpunn_cli("train", "--dataset", "cifar10", "--epochs", "1", "--hidden", "16")
     assert flat.status == 0 and "40 samples x 3072 features" in flat.out, flat.err
+    assert "1 epoch, batch size 128" in flat.out
