@@ -14,7 +14,10 @@ each side with the min-max over blocks, the ratio of medians, the ratio of the f
 ("best/best", the least-disturbed estimate on a shared machine) and the share of the CPU that
 other processes used meanwhile. ``--cpu-time`` adds single-thread CPU time per step
 (``time.thread_time``, both libraries on one thread, interleaved), a view of the work each
-side does that other processes barely disturb.
+side does that other processes barely disturb. ``--ablate`` measures, in single-thread CPU
+time, what each of the CNN layers' three choices is worth: the step with the conv + 2x2 pool
+not fused, and with the pool not moved before the ReLU either; and im2col, col2im and the
+max-pool of LeNet's layers with batch-innermost columns against (N, C, H, W)-ordered ones.
 
 Run (CPU, 2 threads each, as measured in docs/cnn.md)::
 
@@ -153,18 +156,96 @@ def cpu_time(torch, n: int, rounds: int = 15, steps: int = 5) -> dict:
     """Median single-thread CPU seconds per step of each side (both on one thread)."""
     model, step, x, y = gpunn_side("numpy", n)
     _, tstep = torch_side(torch, model, x, y, "cpu")
-    times: dict[str, list[float]] = {"gpunn": [], "torch": []}
+    threads = torch.get_num_threads()
+    try:
+        with threadpoolctl.threadpool_limits(1):
+            torch.set_num_threads(1)
+            return _interleaved_cpu_time({"gpunn": step, "torch": tstep}, rounds, steps)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def ablation(sizes: list[int], rounds: int = 15, steps: int = 5) -> None:
+    """Single-thread CPU time per step without each of the layers' performance choices."""
+    from gpunn.math.conv import col2im, im2col, zeros_nchw
+    from gpunn.math.pool import max_pool2d_forward
+    from gpunn.nn.conv import Conv2D
+
+    def unfused(n):  # the pool still moved before the ReLU, run by the conv, not fused
+        model, step, _, _ = gpunn_side("numpy", n)
+        for layer in model.layers:
+            if isinstance(layer, Conv2D):
+                layer._fuses_pool = lambda: False
+        return step
+
+    def plain(n):  # a Dropout(0) between ReLU and pool keeps them in the written order
+        layers = lenet5()
+        for i in (5, 2):
+            layers.insert(i, gpunn.Dropout(0.0))
+        model = gpunn.Sequential(layers, backend="numpy", input_shape=(1, 28, 28))
+        rng = np.random.default_rng(1)
+        x, y = rng.standard_normal((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n)
+        loss, opt = gpunn.SoftmaxCrossEntropy(), gpunn.SGD(LR)
+
+        def step():
+            loss.forward(model.forward(x), y)
+            model.backward(loss.backward())
+            opt.step(model)
+
+        return step
+
+    variants = {"gpunn": lambda n: gpunn_side("numpy", n)[1], "no fusion": unfused}
+    variants["no fusion, no move"] = plain
     with threadpoolctl.threadpool_limits(1):
-        torch.set_num_threads(1)
-        for f in (step, tstep):  # warm-up
-            for _ in range(3):
-                f()
-        for r in range(rounds):
-            for name, f in (("gpunn", step), ("torch", tstep))[:: 1 if r % 2 else -1]:
-                t0 = time.thread_time()
-                for _ in range(steps):
-                    f()
-                times[name].append((time.thread_time() - t0) / steps)
+        print(f"{'N':>4} " + " ".join(f"{name:>20}" for name in variants) + "   (ms/step)")
+        for n in sizes:
+            steps_ = {name: make(n) for name, make in variants.items()}
+            times = _interleaved_cpu_time(steps_, rounds, steps)
+            print(f"{n:>4} " + " ".join(f"{1e3 * times[k]:>20.2f}" for k in variants), flush=True)
+        print(f"{'N':>4} {'operation':>28} {'batch-innermost ms':>19} {'(N, C, H, W) ms':>16}")
+        rng = np.random.default_rng(0)
+        for n in sizes:
+            x2 = rng.standard_normal((n, 6, 14, 14)).astype(np.float32)  # LeNet conv2's input
+            z1 = rng.standard_normal((n, 6, 28, 28)).astype(np.float32)  # conv1's output
+            ops = {}
+            for batch_last in (True, False):
+                xs = zeros_nchw(x2.shape, np.float32, xp=np, batch_last=batch_last)
+                xs[...] = x2
+                zs = zeros_nchw(z1.shape, np.float32, xp=np, batch_last=batch_last)
+                zs[...] = z1
+                cols = im2col(xs, 5, xp=np, batch_last=batch_last)
+                pad = zeros_nchw(x2.shape, np.float32, xp=np, batch_last=batch_last)
+                ops[("im2col conv2", batch_last)] = lambda xs=xs, bl=batch_last, c=cols: im2col(
+                    xs, 5, xp=np, out=c, batch_last=bl
+                )
+                ops[("col2im conv2", batch_last)] = lambda c=cols, p=pad, bl=batch_last: col2im(
+                    c, p.shape, 5, xp=np, padded=p, batch_last=bl
+                )
+                ops[("max-pool 2x2 of conv1", batch_last)] = lambda zs=zs: max_pool2d_forward(
+                    zs, 2, xp=np
+                )
+            times = _interleaved_cpu_time(ops, rounds, steps)
+            for name in ("im2col conv2", "col2im conv2", "max-pool 2x2 of conv1"):
+                print(
+                    f"{n:>4} {name:>28} {1e3 * times[(name, True)]:>19.3f} "
+                    f"{1e3 * times[(name, False)]:>16.3f}",
+                    flush=True,
+                )
+
+
+def _interleaved_cpu_time(calls: dict, rounds: int, steps: int) -> dict:
+    """Median CPU seconds per call of each callable, timed in alternating order."""
+    times: dict = {name: [] for name in calls}
+    for f in calls.values():  # warm-up
+        for _ in range(3):
+            f()
+    names = list(calls)
+    for r in range(rounds):
+        for name in names if r % 2 else names[::-1]:
+            t0 = time.thread_time()
+            for _ in range(steps):
+                calls[name]()
+            times[name].append((time.thread_time() - t0) / steps)
     return {name: statistics.median(v) for name, v in times.items()}
 
 
@@ -190,8 +271,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="BLAS and torch threads (CPU)")
     ap.add_argument("--budget", type=float, default=4.0, help="seconds of timing per side")
     ap.add_argument("--cpu-time", action="store_true", help="add single-thread CPU time/step")
+    ap.add_argument("--ablate", action="store_true", help="only the ablation (see above)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args()
+    if args.ablate:
+        ablation(args.sizes)
+        return
 
     import torch
 

@@ -6,6 +6,8 @@ Each function returns a fresh ``list[Layer]`` to hand to :class:`gpunn.Sequentia
 
 from __future__ import annotations
 
+from typing import Any
+
 from gpunn.nn import (
     Conv2D,
     Dense,
@@ -54,11 +56,24 @@ def lenet5(in_channels: int = 1, image_size: int = 28, classes: int = 10) -> lis
     ]
 
 
+#: How :func:`digits_cnn` was trained for the figures in docs/cnn.md: Adam, float32, the
+#: 70/10/20 split of ``gpunn train --dataset digits`` (split, weights and batch order seeded
+#: alike). Test accuracy over seeds 0-4: 98.9-99.7 % (``bench/digits_cnn.py``).
+DIGITS_CNN_TRAINING: dict[str, Any] = {
+    "optimizer": "adam",
+    "lr": 1e-3,
+    "epochs": 30,
+    "batch_size": 32,
+}
+
+
 def digits_cnn(classes: int = 10) -> list[Layer]:
     """A small CNN for the 1x8x8 digits images (``gpunn.datasets.digits`` reshaped).
 
     conv 32@3x3 (padding 1) -> ReLU -> max-pool 2 -> conv 64@3x3 (padding 1) -> ReLU ->
-    max-pool 2 -> flatten (64 x 2 x 2) -> dropout 0.25 -> 128 -> ReLU -> classes.
+    max-pool 2 -> flatten (64 x 2 x 2) -> dropout 0.25 -> 128 -> ReLU -> classes; 53,002
+    parameters. Trained as :data:`DIGITS_CNN_TRAINING` says, it reaches 98.9-99.7 % test
+    accuracy over five seeds, where the default MLP reaches about 98 %.
     """
     _check_positive(classes=classes)
     return [

@@ -123,6 +123,11 @@ def test_pool_moves_before_relu_only_where_it_may():
     assert conv1.merged_pool is pool1 and pool1.merged and conv1._fuses_pool()
     assert conv2.merged_pool is pool2 and pool2.merged and not conv2._fuses_pool()
     assert conv1.defer_bias and relu1.bias_from is conv1
+    strided = gpunn.Sequential(
+        [gpunn.Conv2D(1, 2, 3, stride=2), gpunn.ReLU(), gpunn.MaxPool2D(2)], backend="numpy"
+    )
+    assert strided.layers[0].merged_pool is strided.layers[2]
+    assert not strided.layers[0]._fuses_pool()  # the one-GEMM form needs a stride-1 conv
     plain = gpunn.Sequential(small_cnn(merge=False), backend="numpy")
     assert all(getattr(layer, "merged_pool", None) is None for layer in plain.layers)
     assert not any(getattr(layer, "merged", False) for layer in plain.layers)

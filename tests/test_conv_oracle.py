@@ -41,9 +41,12 @@ STRIDED = [
     ("conv", 3, 3, 2, 1),
     ("act", "relu"),
     ("pool", "max", 3, 1),  # moved before the ReLU, not fused (stride-2 conv, 3x3 pool)
+    ("conv", 4, 1, 2, 0),
+    ("act", "relu"),
+    ("pool", "max", 2, None),  # moved, not fused: a 2x2 pool, but after a stride-2 conv
     ("conv", 2, 1, 1, 0),
     ("act", "tanh"),
-    ("pool", "avg", 2, None),
+    ("pool", "avg", (1, 2), None),
     ("flatten",),
     ("dense", 3),
 ]
@@ -162,7 +165,7 @@ def batch(seed: int, n: int, in_shape):
 
 CASES = [
     ("lenet-like", LENET_LIKE, (2, 9, 10)),
-    ("strided", STRIDED, (1, 11, 9)),
+    ("strided", STRIDED, (1, 17, 19)),
     *[(f"random-{s}", random_spec(s, (2, 9, 8)), (2, 9, 8)) for s in range(6)],
 ]
 

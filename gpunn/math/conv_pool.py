@@ -112,8 +112,8 @@ def conv2d_maxpool2_forward(
         _blocks_as_windows(z, O),
         2,
         xp=xp,
-        out=out.T.reshape(P, O, 1, 1),
-        argmax=argmax.T.reshape(P, O, 1, 1),
+        out=out.T[:, :, None, None],  # (P, O, 1, 1) views: indexing never copies
+        argmax=argmax.T[:, :, None, None],
     )  # the maximum of each block's 4 rows, into out and argmax (O, P)
     if b is not None:
         out += b.reshape(O, 1)
@@ -155,8 +155,8 @@ def conv2d_maxpool2_backward(
     if dz is None:
         dz = xp.empty((4 * O, P), dtype=dy.dtype)  # (4*O, P)
     max_pool2d_backward(
-        dy_rows.T.reshape(P, O, 1, 1),
-        am_rows.T.reshape(P, O, 1, 1),
+        dy_rows.T[:, :, None, None],  # (P, O, 1, 1)
+        am_rows.T[:, :, None, None],
         (P, O, 2, 2),
         2,
         xp=xp,
