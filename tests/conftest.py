@@ -1,5 +1,8 @@
-"""Shared fixtures: the `backend` fixture runs a test body on NumPy, on CuPy where a GPU is
-usable, and on the device-rule emulation of CuPy (``gpunn.testing.fake_cupy``) everywhere."""
+"""Shared fixtures and the note on the cuda_on_cpu checks printed at the end of a run.
+
+The `backend` fixture runs a test body on NumPy, on CuPy where a GPU is usable, and on the
+device-rule emulation of CuPy (``gpunn.testing.fake_cupy``) everywhere.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ import pytest
 import gpunn
 from gpunn import backend as backend_module
 from gpunn.testing import fake_cupy
+
+from cuda_on_cpu import in_ci
+from cuda_on_cpu import report as cuda_on_cpu_report
 
 #: The emulated GPU: GPU 1 of two (current for the test body, as a user's own code would have
 #: it), fused kernels off (the emulation runs no CUDA code), float32 subnormals flushed as CuPy's
@@ -60,3 +66,35 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield gpunn.get_backend(request.param)
+
+
+# ------------------------------------------------------------------------------------------
+# The note on the GPU checks that run without a GPU (pytest -m cuda_on_cpu; tests/cuda_on_cpu/)
+# ------------------------------------------------------------------------------------------
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    cuda_on_cpu_report.record(report)
+
+
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    cuda_on_cpu_report.record(report)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    lines = cuda_on_cpu_report.summary_lines()
+    if lines:
+        terminalreporter.section("GPU code checked without a GPU (cuda_on_cpu)")
+        for line in lines:
+            terminalreporter.write_line(line)
+    skipped = cuda_on_cpu_report.ci_failures()
+    if in_ci() and skipped:
+        terminalreporter.write_line(
+            f"CI is set: {len(skipped)} cuda_on_cpu test(s) skipped, which fails the run", red=True
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Under CI a skipped cuda_on_cpu test fails the run: those checks must run there."""
+    if in_ci() and cuda_on_cpu_report.ci_failures() and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -23,8 +23,7 @@ from gpunn.math.activations import (
     tanh_backward,
     tanh_forward,
 )
-from gpunn.testing import check_function_gradients, check_layer_gradients
-from gpunn.testing.fake_cupy import flush_subnormals
+from gpunn.testing import check_function_gradients, check_layer_gradients, ftz
 
 Z = np.array([[-2.0, -0.5, 0.0, 0.5, 2.0], [-3.0, 1.0, -1e-3, 1e-3, 10.0]])
 SIG = 1.0 / (1.0 + np.exp(-Z))
@@ -232,13 +231,6 @@ fixture_ok = settings(  # fixed examples, nothing written to disk: the same run 
 )
 
 
-def on(backend, a):
-    """NumPy's float32 values as ``backend`` sees or leaves them: CuPy compiles every kernel with
-    ``-ftz=true``, so on a GPU (and the emulation) float32 subnormals read and are written as
-    zero; NumPy keeps them."""
-    return flush_subnormals(a) if backend.is_gpu else a
-
-
 SUBNORMAL = np.float32(1e-45)  # the smallest positive float32: 2**-149
 
 
@@ -266,7 +258,7 @@ def test_leaky_relu_is_max_of_z_and_slope_z(backend, z, slope):
         warnings.simplefilter("error")
         a = backend.to_numpy(leaky_relu_forward(backend.asarray(z), slope, xp=backend.xp))
         tanh = backend.to_numpy(tanh_forward(backend.asarray(z), xp=backend.xp))
-    z_in = on(backend, z)  # what the kernels read (z > 0 and slope * z flush their inputs)
-    expected = np.maximum(z_in, on(backend, np.float32(slope) * z_in))
-    np.testing.assert_array_equal(a, on(backend, expected))
+    # on a GPU float32 subnormals are flushed (CuPy's -ftz=true): max(z, slope z) is 0 at 1e-45
+    want = ftz.expected(lambda z: np.maximum(z, np.float32(slope) * z), z, ftz=backend.is_gpu)
+    np.testing.assert_array_equal(a, want)
     assert np.all(np.abs(tanh) <= 1)

@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -706,11 +707,13 @@ def test_sigint_during_training_saves_finished_epochs(tmp_path: pathlib.Path) ->
         stderr=subprocess.PIPE,
         text=True,
     )
+    deadline = time.monotonic() + 300  # a line per epoch: never wait for ever on a wrong match
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # a line as each epoch ends: wait until two are done
-            if line.startswith("epoch 3/"):
+            if re.match(r"epoch +3/", line):
                 break
+            assert time.monotonic() < deadline, "no 'epoch 3/' line: " + line
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -386,8 +386,10 @@ class TwinMPIComm:
         return obj
 
     def allgather(self, obj: Any) -> list[Any]:
-        host, _, nccl_loads = obj  # the twin: same machine, a GPU of its own
-        return [obj, (host, "the twin's GPU", nccl_loads)]
+        if isinstance(obj, tuple) and len(obj) == 3:  # rank info: choosing NCCL or MPI
+            host, _, nccl_loads = obj  # the twin: same machine, a GPU of its own
+            return [obj, (host, "the twin's GPU", nccl_loads)]
+        return [obj, obj]  # the CPU sets of limit_threads: the twin shares this machine's
 
 
 def mpi_or_skip() -> None:

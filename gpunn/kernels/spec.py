@@ -3,8 +3,9 @@
 A :class:`KernelSpec` ties one fused GPU kernel to the plain Python composition of core functions
 whose math it repeats (the *reference*, used as the fallback and by the tests). An
 :class:`Elementwise` holds the source of one CuPy ``ElementwiseKernel`` as plain data, so the very
-same operation text is compiled by CuPy at run time and by ``nvcc`` in the tests; kernels are built
-once per array module and cached here (never inside the training loop).
+same operation text is compiled by CuPy at run time and, in the tests, compiled as CuPy would and
+run on the CPU; kernels are built once per array module and cached here (never inside the
+training loop).
 
 gpunn.kernels sits one floor above the pure math (``gpunn.math``): it imports the functions it
 repeats and ``gpunn.backend``, and nothing below it imports the kernels.
