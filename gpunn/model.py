@@ -77,21 +77,24 @@ class Sequential:
 
     # --- construction -----------------------------------------------------------------------
     def _check_widths(self) -> None:
-        """Check that each Dense layer gets the width the Dense layer before it gives.
+        """Check that each Dense layer gets the width the layer before it gives, as far as that
+        is known without an input shape, and set ``out_features``.
 
-        This needs no input shape (a model whose first layer is a convolution learns it
-        later); :meth:`set_input_shape` then checks every layer.
+        After a layer that reshapes samples (a convolution, Flatten) the width is unknown until
+        the next Dense layer; :meth:`set_input_shape` checks every layer once the shape is known.
         """
-        width = self._first_dense_shape()
-        width = width[0] if width is not None else None
+        first = self._first_dense_shape()
+        width = first[0] if first is not None else None
         for i, layer in enumerate(self.layers):
             need = getattr(layer, "in_features", None)
             if need is not None and width is not None and need != width:
                 raise ValueError(f"layer {i} ({layer!r}) expects {need} inputs but gets {width}")
-            if width is not None and layer.input_rank in (None, 1):
-                width = layer.output_width(width) if layer.keeps_shape or need else None
+            if need is not None:  # a Dense layer: what comes out is known again
+                width = layer.output_width(need)
+            elif width is not None and layer.keeps_shape:  # activations, Dropout, BatchNorm1D
+                width = layer.output_width(width)
             else:
-                width = need if need is None else layer.output_width(need)
+                width = None
         self.out_features = width
 
     def _first_dense_shape(self) -> tuple[int, ...] | None:
