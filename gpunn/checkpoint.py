@@ -7,6 +7,10 @@ unpickled and loading never runs code from the file. Tensors are host arrays:
 
 * ``model/<key>``: each parameter, keyed like ``Sequential.params`` (``model/0.W``, ...), in the
   model's dtype and shape.
+* ``state/<key>``: each state array that is not trained, keyed like ``Sequential.state``
+  (``state/1.running_mean``, ``state/1.running_var`` for a BatchNorm layer 1), in the model's
+  dtype and shape. Absent for models without such state (and in files written before it
+  existed, which held no layer with state).
 * ``optim/<name>``: each optimizer state array (``momentum_buffer``, ``exp_avg``,
   ``exp_avg_sq``), flat, of the length of ``Sequential.flat_params``.
 
@@ -19,6 +23,9 @@ The metadata (safetensors allows str -> str only) holds, each value JSON-encoded
   layer is rebuilt as ``LAYER_KINDS[kind](**config)``.
 * ``dtype`` (``"float32"``/``"float64"``), ``seed`` (int), ``epoch``, ``step`` (int or null),
   ``extra`` (any JSON value the caller passed).
+* ``input_shape`` (optional; absent in files written before it existed): the shape of one
+  input sample as a list of ints (``[1, 28, 28]``), or null when the model never learnt it. A
+  file without it rebuilds the model from its first Dense layer's width, as it always did.
 * ``optimizer``: null, or ``{"kind", "hyperparams", "step"}``; kinds come from the allow-list
   :data:`OPTIMIZER_KINDS`.
 * ``rng``: ``{"<layer index>": <NumPy bit-generator state>}`` for each Dropout layer of a model on
@@ -79,10 +86,16 @@ from gpunn.nn import (
     SGD,
     Adam,
     AdamW,
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv2D,
     Dense,
     Dropout,
+    Flatten,
     Layer,
     LeakyReLU,
+    MaxPool2D,
     Optimizer,
     ReLU,
     Sigmoid,
@@ -114,16 +127,23 @@ LAYER_KINDS: dict[str, type[Layer]] = {
     "Sigmoid": Sigmoid,
     "Tanh": Tanh,
     "Dropout": Dropout,
+    "Conv2D": Conv2D,
+    "MaxPool2D": MaxPool2D,
+    "AvgPool2D": AvgPool2D,
+    "Flatten": Flatten,
+    "BatchNorm1D": BatchNorm1D,
+    "BatchNorm2D": BatchNorm2D,
 }
 
 #: The only optimizer classes a checkpoint may name (kind -> class).
 OPTIMIZER_KINDS: dict[str, type[Optimizer]] = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
 
 MODEL_PREFIX = "model/"
+STATE_PREFIX = "state/"
 OPTIM_PREFIX = "optim/"
 DIGEST_KEYS = ("sha256", "metadata_sha256")
 #: Optional metadata entries: a file without them (written by an older gpunn) still loads.
-OPTIONAL_JSON_KEYS = ("data",)
+OPTIONAL_JSON_KEYS = ("data", "input_shape")
 #: The keys of the ``data`` entry and the JSON types each may hold (None: null).
 DATA_FIELDS: dict[str, tuple[type | None, ...]] = {
     "dataset": (str, None),
@@ -263,8 +283,10 @@ def _encode(
         architecture.append({"kind": kind, "config": layer.config()})
 
     tensors: dict[str, np.ndarray] = {}
-    for key, value in model.state_dict().items():
+    for key, value in model.params.items():
         tensors[MODEL_PREFIX + key] = _finite_host(value, f"parameter {key}")
+    for key, value in model.state.items():
+        tensors[STATE_PREFIX + key] = _finite_host(value, f"state {key}")
 
     opt_meta = None
     if optimizer is not None:
@@ -296,6 +318,7 @@ def _encode(
         "extra": extra,
         "optimizer": opt_meta,
         "rng": _rng_states(model),
+        "input_shape": None if model.input_shape is None else list(model.input_shape),
     }
     if data is not None:
         values["data"] = check_data(data)
@@ -407,7 +430,8 @@ def load_with_optimizer(
 def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     """What a checkpoint says about itself, without building the model: ``architecture``
     (``[{"kind", "config"}, ...]``), ``dtype``, ``seed``, ``optimizer`` (``{"kind",
-    "hyperparams", "step"}`` or None), ``data`` (or None), ``epoch``, ``step``, ``extra``.
+    "hyperparams", "step"}`` or None), ``data`` (or None), ``input_shape`` (a list, or None),
+    ``epoch``, ``step``, ``extra``.
 
     The header and its checksum are checked (the tensors are checked by :func:`load`); raises
     like :func:`load_with_optimizer`.
@@ -419,7 +443,17 @@ def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     reader.optimizer_meta(meta["optimizer"])
     if metadata_digest(metadata) != metadata["metadata_sha256"]:
         raise reader.fail("metadata checksum mismatch: the header was modified or corrupted")
-    keys = ("architecture", "dtype", "seed", "optimizer", "data", "epoch", "step", "extra")
+    keys = (
+        "architecture",
+        "dtype",
+        "seed",
+        "optimizer",
+        "data",
+        "input_shape",
+        "epoch",
+        "step",
+        "extra",
+    )
     return {key: meta[key] for key in keys}
 
 
@@ -450,7 +484,9 @@ class _Reader:
             raise self.fail("tensor checksum mismatch: the file was modified or corrupted")
         params = self.model_tensors(tensors, layers, dtype)
         try:
-            model = Sequential(layers, backend=backend, dtype=dtype, seed=seed)
+            model = Sequential(
+                layers, backend=backend, dtype=dtype, seed=seed, input_shape=meta["input_shape"]
+            )
         except ValueError as exc:
             raise self.fail(f"cannot build the model: {exc}") from None
         model.load_state_dict(params)
@@ -530,6 +566,11 @@ class _Reader:
             check_data(meta["data"])
         except ValueError as exc:
             raise self.fail(f"metadata 'data' is invalid: {exc}") from None
+        shape = meta["input_shape"]
+        if shape is not None and not (
+            isinstance(shape, list) and shape and all(_is_int(d) and d > 0 for d in shape)
+        ):
+            raise self.fail(f"metadata 'input_shape' must be null or positive sizes, got {shape!r}")
         return meta
 
     # --- model ---------------------------------------------------------------------------
@@ -557,34 +598,35 @@ class _Reader:
     def model_tensors(
         self, tensors: dict[str, np.ndarray], layers: list[Layer], dtype: str
     ) -> dict[str, np.ndarray]:
-        """The parameters, checked against the architecture's names, shapes and dtype."""
-        unexpected = [n for n in tensors if not n.startswith((MODEL_PREFIX, OPTIM_PREFIX))]
+        """The parameters and state, checked against the architecture's names, shapes, dtype."""
+        prefixes = (MODEL_PREFIX, STATE_PREFIX, OPTIM_PREFIX)
+        unexpected = [n for n in tensors if not n.startswith(prefixes)]
         if unexpected:
             raise self.fail(f"unexpected tensors {sorted(unexpected)}")
-        shapes = {
-            f"{i}.{name}": shape
-            for i, layer in enumerate(layers)
-            for name, shape in layer.param_shapes().items()
-        }
-        stored = {n[len(MODEL_PREFIX) :] for n in tensors if n.startswith(MODEL_PREFIX)}
+        shapes = {}
+        for i, layer in enumerate(layers):
+            for name, shape in layer.param_shapes().items():
+                shapes[MODEL_PREFIX + f"{i}.{name}"] = shape
+            for name, shape in layer.state_shapes().items():
+                shapes[STATE_PREFIX + f"{i}.{name}"] = shape
+        stored = {n for n in tensors if n.startswith((MODEL_PREFIX, STATE_PREFIX))}
         missing, extra = set(shapes) - stored, stored - set(shapes)
         if missing or extra:
             raise self.fail(
-                f"tensors do not match the architecture: missing "
-                f"{sorted(MODEL_PREFIX + k for k in missing)}, unexpected "
-                f"{sorted(MODEL_PREFIX + k for k in extra)}"
+                f"tensors do not match the architecture: missing {sorted(missing)}, "
+                f"unexpected {sorted(extra)}"
             )
         params = {}
-        for key, shape in shapes.items():
-            a = tensors[MODEL_PREFIX + key]
+        for name, shape in shapes.items():
+            a = tensors[name]
             if tuple(a.shape) != tuple(shape):
                 raise self.fail(
-                    f"tensor {MODEL_PREFIX + key} has shape {tuple(a.shape)}, the architecture "
-                    f"needs {tuple(shape)}"
+                    f"tensor {name} has shape {tuple(a.shape)}, the architecture needs "
+                    f"{tuple(shape)}"
                 )
             if a.dtype != np.dtype(dtype):
-                raise self.fail(f"tensor {MODEL_PREFIX + key} is {a.dtype}, expected {dtype}")
-            params[key] = a
+                raise self.fail(f"tensor {name} is {a.dtype}, expected {dtype}")
+            params[name.split("/", 1)[1]] = a
         return params
 
     def restore_rng(self, model: Sequential, states: dict[str, Any]) -> None:

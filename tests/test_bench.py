@@ -25,7 +25,13 @@ import pytest
 from gpunn.backend import Backend, available_backends
 from gpunn.bench import cli as bench_cli
 from gpunn.bench.crossover import crossover, interpolate_loglog
-from gpunn.bench.harness import SweepConfig, compute_crossovers, measure_point
+from gpunn.bench.harness import (
+    CONV_BATCH_SIZES,
+    DEFAULT_BATCH_SIZES,
+    SweepConfig,
+    compute_crossovers,
+    measure_point,
+)
 from gpunn.bench.results import (
     NOTES,
     ROW_FIELDS,
@@ -37,7 +43,14 @@ from gpunn.bench.results import (
     table_cells,
 )
 from gpunn.bench.timing import Policy, Timed, relative_spread, time_call, time_interleaved
-from gpunn.bench.workload import GemmWorkload, gemm_shapes, parse_model
+from gpunn.bench.workload import (
+    ConvNet,
+    GemmWorkload,
+    GpunnWorkload,
+    gemm_shapes,
+    im2col_bytes,
+    parse_model,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = Policy(warmup_calls=1, warmup_s=0.0, min_repeats=3, budget_s=0.01, settle_s=0.0)
@@ -292,6 +305,131 @@ def test_a_step_has_3L_minus_1_gemms() -> None:
     g = GemmWorkload((7, 5, 3), 4, get_backend("numpy"))
     g.run()
     assert g.count == 5
+
+
+def test_lenet5_is_a_preset_with_its_own_batch_sizes() -> None:
+    lenet = parse_model("lenet5")
+    assert lenet == ConvNet("lenet5", (1, 28, 28), 10)
+    args = parse(["bench", "--model", "lenet5,small"])
+    cfg, _, _ = bench_cli._build(args)
+    assert cfg.batches(lenet) == list(CONV_BATCH_SIZES) == [16, 32, 64, 128, 256]
+    assert cfg.batches((64, 64, 10)) == list(DEFAULT_BATCH_SIZES)
+    assert cfg.settings()["batch_sizes_per_model"]["lenet5-1x28x28"] == [16, 32, 64, 128, 256]
+    chosen, _, _ = bench_cli._build(parse(["bench", "--model", "lenet5", "--batch-sizes", "8,2"]))
+    assert chosen.batches(lenet) == [2, 8]
+
+
+def test_a_lenet5_step_has_14_gemms_im2col_and_dense() -> None:
+    """Conv as im2col: W (O, C*kh*kw) @ cols (C*kh*kw, N*Ho*Wo); its weight gradient
+    dz @ cols^T and input gradient W^T @ dz; no input gradient for the first layer."""
+    n = 4
+    shapes = gemm_shapes(parse_model("lenet5"), n)
+    assert [role for role, _, _ in shapes] == [
+        "fwd0", "dW0",  # conv 1->6, 5x5 pad 2: 28x28 outputs
+        "fwd1", "dW1", "dx1",  # conv 6->16, 5x5 on the pooled 14x14: 10x10 outputs
+        "fwd2", "dW2", "dx2",  # Dense 400 -> 120
+        "fwd3", "dW3", "dx3",  # Dense 120 -> 84
+        "fwd4", "dW4", "dx4",  # Dense 84 -> 10
+    ]  # fmt: skip
+    assert shapes[0] == ("fwd0", "(6,25)", f"(25,{n * 28 * 28})")
+    assert shapes[1] == ("dW0", f"(6,{n * 784})", f"({n * 784},25)")
+    assert shapes[2:5] == [
+        ("fwd1", "(16,150)", f"(150,{n * 100})"),
+        ("dW1", f"(16,{n * 100})", f"({n * 100},150)"),
+        ("dx1", "(150,16)", f"(16,{n * 100})"),
+    ]
+    assert shapes[5] == ("fwd2", f"({n},400)", "(400,120)")
+    assert shapes[-1] == ("dx4", f"({n},10)", "(10,84)")
+
+    from gpunn import get_backend
+
+    g = GemmWorkload(parse_model("lenet5"), n, get_backend("numpy"))
+    g.run()
+    assert g.count == 14
+    outs = [out.shape for _, _, _, out in g.calls]
+    assert outs[0] == (6, n * 784) and outs[4] == (150, n * 100) and outs[-1] == (n, 84)
+    # the transposed operands are views, as in the step: dW0's cols^T and dx1's W^T
+    assert not g.calls[1][2].flags.c_contiguous and not g.calls[4][1].flags.c_contiguous
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+def test_im2col_bytes_are_the_columns_the_conv_layers_keep(batch: int) -> None:
+    """After a step, LeNet-5's Conv2D layers hold their im2col columns: each conv is fused with
+    its 2x2 max-pool, so a column holds a (kh+1) x (kw+1) patch per 2x2 block of outputs:
+    conv 1: 1*6*6 rows x 14*14*N blocks (no input gradient, so no dcols); conv 2: 6*6*6 rows x
+    5*5*N blocks, for cols and for dcols. float32."""
+    from gpunn import get_backend
+
+    w = GpunnWorkload.create(parse_model("lenet5"), batch, get_backend("numpy"))
+    assert im2col_bytes(w.model) == 0  # nothing allocated before the first step
+    w.train_step()
+    expected = 4 * (36 * 196 * batch + 2 * 216 * 25 * batch)
+    assert im2col_bytes(w.model) == expected
+
+
+def test_a_lenet5_point_times_gpunn_its_gemms_and_torch() -> None:
+    from gpunn import get_backend
+
+    torch = None if torch_or_none() == "none" else __import__("torch")
+    backend = get_backend("numpy")
+    lenet = parse_model("lenet5")
+    cfg = SweepConfig(backends=[backend], models=[lenet], policy=FAST, torch=torch)
+    rows = measure_point(lenet, 2, backend, cfg)
+    row = rows[0]
+    assert (row["model"], row["model_name"], row["params"]) == ("lenet5-1x28x28", "lenet5", 61706)
+    assert row["gemm_count"] == 14 and row["limit_fraction"] > 0
+    assert row["im2col_bytes"] == 4 * (36 * 196 * 2 + 2 * 216 * 25 * 2)
+    if torch is not None:
+        assert rows[1]["engine"] == "torch" and rows[1].get("im2col_bytes") is None
+        assert row["vs_torch_train"] == pytest.approx(
+            row["train_samples_per_s"] / rows[1]["train_samples_per_s"]
+        )
+    mlp = measure_point((6, 5, 3), 2, backend, SweepConfig([backend], [(6, 5, 3)], policy=FAST))
+    assert mlp[0]["im2col_bytes"] is None
+
+
+def test_the_torch_twin_of_a_cnn_computes_what_gpunn_computes() -> None:
+    """Same layers, weights and batch in float64: the same logits, and after one SGD step the
+    same weights (LeNet-5, and a small net with BatchNorm and average pooling)."""
+    torch = pytest.importorskip("torch")
+    import gpunn
+    from gpunn.bench.torch_ref import TorchWorkload
+
+    backend = gpunn.get_backend("numpy")
+    small = [
+        gpunn.Conv2D(2, 4, 3, padding=1),
+        gpunn.BatchNorm2D(4),
+        gpunn.Tanh(),
+        gpunn.AvgPool2D(2),
+        gpunn.Flatten(),
+        gpunn.Dense(4 * 3 * 3, 5),
+    ]
+    nets = [
+        GpunnWorkload.create(parse_model("lenet5"), 3, backend, dtype="float64"),
+        GpunnWorkload(
+            gpunn.Sequential(small, backend=backend, dtype="float64", input_shape=(2, 6, 6)),
+            gpunn.SoftmaxCrossEntropy(),
+            gpunn.SGD(0.01),
+            np.random.default_rng(0).standard_normal((3, 2, 6, 6)),
+            np.array([0, 4, 2]),
+        ),
+    ]
+    for w in nets:
+        initial = w.model.state_dict()
+        t = TorchWorkload(torch, initial, w.x, w.y, lr=0.01, layers=w.model.layers)
+        logits = t.model(t.x).detach().numpy()
+        np.testing.assert_allclose(logits, w.model.forward(w.x), rtol=1e-10, atol=1e-12)
+        w.train_step()
+        t.train_step()
+        mine = w.model.state_dict()
+        for name, value in t.model.named_parameters():
+            index, kind = name.split(".")
+            key = f"{index}.{ {'weight': 'W', 'bias': 'b'}[kind] }"
+            if w.model.layers[int(index)].kind.startswith("BatchNorm"):
+                key = f"{index}.{ {'weight': 'gamma', 'bias': 'beta'}[kind] }"
+            got = value.detach().numpy()
+            got = got.T if w.model.layers[int(index)].kind == "Dense" else got
+            np.testing.assert_allclose(mine[key], got, rtol=1e-9, atol=1e-12, err_msg=key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -688,7 +826,11 @@ def test_benchmark_suite_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     benchmarks = json.loads(out.read_text())["benchmarks"]
     groups = {b["group"] for b in benchmarks}
-    assert groups == {"16-8-4 batch=2 numpy", "16-8-4 batch=8 numpy"}
+    assert groups == {
+        "16-8-4 batch=2 numpy",
+        "16-8-4 batch=8 numpy",
+        "lenet5-1x28x28 batch=2 numpy",
+    }
     names = {b["name"].split("[")[0] for b in benchmarks}
     assert {"test_gpunn_train_step", "test_gpunn_inference", "test_bare_gemms"} <= names
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import io
@@ -499,6 +500,8 @@ def digits_st(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
         (["--momentum", "0.5"], ["--momentum", "sgd only", "Adam"]),
         (["--seed", "3"], ["--seed 3", "seed 5", "test rows"]),
         (["--task", "regression"], ["--task regression", "classification model"]),
+        (["--model", "lenet"], ["--model lenet", "model is mlp"]),
+        (["--input-shape", "1,8,8"], ["--input-shape applies to --model lenet", "mlp model"]),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) and v[0].startswith("--") else None,
 )
@@ -802,8 +805,248 @@ def test_version_and_help(gpunn_cli: Callable[..., Result]) -> None:
     train = gpunn_cli("train", "--help").out
     assert "--seed N" in train and "(default: 0; with --resume: the checkpoint's)" in train
     assert "spirals        64,64     50        32            0.01" in train
+    lenet = train[train.index("  --model lenet\n") :]  # the table of --model lenet's defaults
+    assert "digits                   30        32            0.001" in lenet
     assert "(default: relu)" in train and "(default: adam)" in train
     evaluate = gpunn_cli("evaluate", "--help").out
     assert "scores the test rows of the split" in evaluate and "every row" in evaluate
     predict = gpunn_cli("predict", "--help").out
     assert "class label" in predict and "--proba" in predict
+
+
+# --------------------------------------------------------------------------------------------
+# --model lenet: a CNN on images
+# --------------------------------------------------------------------------------------------
+
+
+def _main(args: list[str]) -> Result:
+    """``gpunn.cli.main(args)`` in the current folder, its stdout and stderr captured."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main([str(a) for a in args])
+    return Result(status, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="module")
+def lenet_st(tmp_path_factory: pytest.TempPathFactory) -> tuple[pathlib.Path, Result]:
+    """``--model lenet`` trained on the digits images for 1 epoch (seed 1) and saved."""
+    root = tmp_path_factory.mktemp("cli-lenet")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.setenv("GPUNN_BACKEND", "numpy")
+        args = ["train", "--dataset", "digits", "--model", "lenet", "--seed", "1"]
+        result = _main([*args, "--epochs", "1", "--save", "cnn.st"])
+    assert result.status == 0, result.err
+    return root / "cnn.st", result
+
+
+def _image_model(path: pathlib.Path) -> Any:
+    return gpunn.load(path, backend="numpy")
+
+
+def test_lenet_trains_a_cnn_on_the_digits_images(lenet_st: tuple[pathlib.Path, Result]) -> None:
+    path, trained = lenet_st
+    assert "1,797 images of 1x8x8: 1,259 train, 179 validation, 359 test" in trained.out
+    assert "Conv2D(3x3, pad 1)" in trained.out and "MaxPool2D(2x2)" in trained.out
+    assert "30 epochs" not in trained.out and "1 epoch, batch size 32" in trained.out
+    assert reported_accuracy(trained.out) > 50.0  # one epoch; the defaults reach far more
+    info = gpunn.checkpoint.read_info(path)
+    assert info["input_shape"] == [1, 8, 8]
+    kinds = [layer["kind"] for layer in info["architecture"]]
+    assert kinds[:3] == ["Conv2D", "ReLU", "MaxPool2D"] and "Flatten" in kinds
+    assert info["data"]["dataset"] == "digits" and info["epoch"] == 1
+
+
+def test_a_lenet_checkpoint_is_evaluated_resumed_and_predicts_on_images(
+    lenet_st: tuple[pathlib.Path, Result],
+    gpunn_cli: Callable[..., Result],
+    files: dict[str, pathlib.Path],
+    tmp_path: pathlib.Path,
+) -> None:
+    path, trained = lenet_st
+    scored = gpunn_cli("evaluate", "--checkpoint", path)
+    assert scored.status == 0, scored.err
+    assert "the 359 test rows of 1,797, as recorded in the checkpoint" in scored.out
+    assert f"accuracy: {reported_accuracy(trained.out):.2f}%" in scored.out
+
+    # the flat rows of a file are read as the model's 1x8x8 images, row by row
+    predicted = gpunn_cli("predict", "--checkpoint", path, "--data", files["digits-test"])
+    assert predicted.status == 0, predicted.err
+    labels = np.array(predicted.out.split(), dtype=np.int64)
+    X_test = np.load(files["digits-test"])["X"]
+    model = _image_model(path)
+    logits = model.predict(X_test.reshape(-1, 1, 8, 8))
+    np.testing.assert_array_equal(labels, logits.argmax(axis=1))
+
+    resumed = gpunn_cli("train", "--resume", path, "--epochs", "1", "--save", "r.st")
+    assert resumed.status == 0, resumed.err
+    assert f"resumed from {path} after 1 epoch" in resumed.out
+    assert "1 epoch, batch size 32" in resumed.out  # --model lenet's digits default
+    again = gpunn.checkpoint.read_info(tmp_path / "r.st")
+    assert again["epoch"] == 2 and again["input_shape"] == [1, 8, 8]
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--model", "mlp"], ["--model mlp", "model is lenet"]),
+        (["--hidden", "32"], ["--hidden sets up --model mlp", "is a lenet model"]),
+        (["--activation", "tanh"], ["--activation sets up --model mlp"]),
+        (["--input-shape", "1,28,28"], ["--input-shape 1x28x28", "input-shape is 1x8x8"]),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) and v[0].startswith("--") else None,
+)
+def test_resuming_a_lenet_checkpoint_refuses_flags_of_another_model(
+    lenet_st: tuple[pathlib.Path, Result],
+    gpunn_cli: Callable[..., Result],
+    flags: list[str],
+    words: list[str],
+) -> None:
+    result = gpunn_cli("train", "--resume", lenet_st[0], "--epochs", "1", *flags)
+    assert result.status == 2 and result.out == "", result.err
+    assert len(result.err.splitlines()) == 1
+    for word in words:
+        assert word in result.err, result.err
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--dataset", "spirals", "--model", "lenet"], ["needs images", "spirals is not"]),
+        (["--model", "lenet", "--hidden", "64"], ["--hidden sets up --model mlp"]),
+        (["--model", "lenet", "--activation", "tanh"], ["--activation sets up --model mlp"]),
+        (["--input-shape", "1,8,8"], ["--input-shape applies to --model lenet"]),
+        (
+            ["--model", "lenet", "--input-shape", "1,4,16"],
+            ["--input-shape 1x4x16 conflicts with digits", "1x8x8"],
+        ),
+        (["--model", "lenet", "--input-shape", "1,8"], ["--input-shape", "C,H,W"]),
+        (["--model", "cnn"], ["--model", "invalid choice"]),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) and v[0].startswith("--") else None,
+)
+def test_model_flags_that_do_not_fit_are_usage_errors(
+    gpunn_cli: Callable[..., Result], flags: list[str], words: list[str]
+) -> None:
+    result = gpunn_cli("train", *flags)
+    assert result.status == 2 and result.out == "", result.err
+    assert len(result.err.splitlines()) == 1
+    for word in words:
+        assert word in result.err, result.err
+
+
+@pytest.fixture(scope="module")
+def digit_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
+    """The first 120 digits as a flat CSV (64 pixels, label last) and as an .npz of images."""
+    root = tmp_path_factory.mktemp("cli-images")
+    X, y = digits()
+    X, y = X[:120], y[:120]
+    np.savetxt(root / "flat.csv", np.column_stack([X, y]), delimiter=",", fmt="%.6g")
+    np.savetxt(root / "pixels.csv", X, delimiter=",", fmt="%.6g")
+    np.savez(root / "images.npz", X=X.reshape(-1, 1, 8, 8), y=y)
+    return {p.name: p for p in root.iterdir()}
+
+
+def test_lenet_on_flat_rows_needs_their_image_shape(
+    gpunn_cli: Callable[..., Result], digit_files: dict[str, pathlib.Path]
+) -> None:
+    flat = digit_files["flat.csv"]
+    refused = gpunn_cli("train", "--data", flat, "--model", "lenet", "--epochs", "1")
+    assert refused.status == 2 and refused.out == "", refused.err
+    assert "rows of" in refused.err and "are flat (64 values each)" in refused.err
+    assert "--input-shape C,H,W" in refused.err and len(refused.err.splitlines()) == 1
+
+    wrong = gpunn_cli("train", "--data", flat, "--model", "lenet", "--input-shape", "2,4,4")
+    assert wrong.status == 1 and "2x4x4 images hold 32 values, but the rows have 64" in wrong.err
+    odd = gpunn_cli("train", "--data", flat, "--model", "lenet", "--input-shape", "1,4,16")
+    assert odd.status == 1 and "no network for 1x4x16 images" in odd.err
+
+    args = ["--model", "lenet", "--input-shape", "1,8,8", "--epochs", "1", "--seed", "2"]
+    trained = gpunn_cli("train", "--data", flat, *args, "--save", "f.st")
+    assert trained.status == 0, trained.err
+    assert "120 images of 1x8x8: 84 train, 12 validation, 24 test" in trained.out
+    assert gpunn.checkpoint.read_info("f.st")["input_shape"] == [1, 8, 8]
+    # the file's image twin trains the very same model, no --input-shape needed
+    images = ["--data", digit_files["images.npz"], *args[:1], "lenet", *args[4:]]
+    twin = gpunn_cli("train", *images, "--save", "i.st")
+    assert twin.status == 0, twin.err
+    np.testing.assert_array_equal(params(pathlib.Path("f.st"))[0], params(pathlib.Path("i.st"))[0])
+
+    # a CSV of 64 pixels per row predicts through the model's 1x8x8 input
+    pixels = gpunn_cli("predict", "--checkpoint", "i.st", "--data", digit_files["pixels.csv"])
+    assert pixels.status == 0, pixels.err
+    model = _image_model(pathlib.Path("i.st"))
+    expected = model.predict(np.load(digit_files["images.npz"])["X"]).argmax(axis=1)
+    np.testing.assert_array_equal(np.array(pixels.out.split(), dtype=np.int64), expected)
+    mismatch = gpunn_cli("evaluate", "--checkpoint", "i.st", "--data", files_of_width(63))
+    assert mismatch.status == 1 and "takes 1x8x8 images per sample" in mismatch.err
+
+
+def files_of_width(width: int) -> pathlib.Path:
+    """A CSV in the current folder of 10 rows of ``width`` features and a label."""
+    path = pathlib.Path(f"w{width}.csv")
+    rows = np.column_stack([np.zeros((10, width)), np.arange(10) % 2])
+    np.savetxt(path, rows, delimiter=",", fmt="%g")
+    return path
+
+
+def test_the_ctrl_c_snapshot_restores_batchnorm_statistics_with_the_weights() -> None:
+    """What Ctrl-C saves is the model as it was at the end of the last finished epoch: its
+    running statistics too, not those a half epoch later."""
+    layers = [gpunn.Dense(4, 6), gpunn.BatchNorm1D(6), gpunn.ReLU(), gpunn.Dense(6, 3)]
+    model = gpunn.Sequential(layers, backend="numpy", seed=0)
+    optimizer = gpunn.SGD(0.1)
+    snapshot = cli._epoch_snapshot()
+    snapshot.model, snapshot.optimizer = model, optimizer  # what fit's set_context gives it
+    X, y = np.random.default_rng(0).standard_normal((16, 4)), np.arange(16) % 3
+    model.fit(X, y, loss=gpunn.SoftmaxCrossEntropy(), optimizer=optimizer, epochs=1, verbose=0)
+    snapshot.on_epoch_end(1, {})
+    params, stats = model.flat_params.copy(), model.flat_state.copy()
+    model.fit(X, y, loss=gpunn.SoftmaxCrossEntropy(), optimizer=optimizer, epochs=1, verbose=0)
+    assert not np.array_equal(model.flat_state, stats)  # half an epoch (here one) moved them
+    assert snapshot.restore() == 1
+    np.testing.assert_array_equal(model.flat_params, params)
+    np.testing.assert_array_equal(model.flat_state, stats)
+
+
+def test_cifar10_trains_lenet5_on_its_colour_images(
+    gpunn_cli: Callable[..., Result], tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--dataset cifar10 --model lenet``: LeNet-5 on 3x32x32 images, its own test set; the
+    archive (a small one in the official binary format) is already in the cache."""
+    import hashlib
+    import tarfile
+
+    from gpunn.datasets import cifar
+
+    rng = np.random.default_rng(0)
+    records = rng.integers(0, 256, (40, 3073), dtype=np.uint8)
+    records[:, 0] = np.arange(40) % 10  # every class in the training rows, and in the test
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]
+        chunks = [records[i * 6 : (i + 1) * 6] for i in range(5)] + [records[30:]]
+        for name, chunk in zip(names, chunks, strict=True):
+            info = tarfile.TarInfo(f"cifar-10-batches-bin/{name}")
+            info.size = chunk.nbytes
+            tar.addfile(info, io.BytesIO(chunk.tobytes()))
+    body = archive.getvalue()
+    cached = tmp_path / "gpunn-cache" / "cifar10" / cifar.ARCHIVE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(body)
+    monkeypatch.setitem(cifar.PINNED, cifar.ARCHIVE, (len(body), hashlib.sha256(body).hexdigest()))
+
+    args = ["--dataset", "cifar10", "--model", "lenet", "--epochs", "1"]
+    trained = gpunn_cli("train", *args, "--save", "c.st")
+    assert trained.status == 0, trained.err
+    assert "cifar10, the official test set, 10% of the rest for validation" in trained.out
+    assert "40 images of 3x32x32: 27 train, 3 validation, 10 test" in trained.out
+    # --model lenet's cifar10 defaults (the MLP's batch size would be 128)
+    assert "Conv2D(5x5, pad 2)" in trained.out and "1 epoch, batch size 64" in trained.out
+    assert gpunn.checkpoint.read_info("c.st")["input_shape"] == [3, 32, 32]
+    scored = gpunn_cli("evaluate", "--checkpoint", "c.st")
+    assert scored.status == 0, scored.err
+    assert f"accuracy: {reported_accuracy(trained.out):.2f}%" in scored.out
+    flat = gpunn_cli("train", "--dataset", "cifar10", "--epochs", "1", "--hidden", "16")
+    assert flat.status == 0 and "40 samples x 3072 features" in flat.out, flat.err
+    assert "1 epoch, batch size 128" in flat.out

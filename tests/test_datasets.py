@@ -133,6 +133,19 @@ def test_digits_returns_fresh_arrays_and_images_look_like_digits():
     assert np.abs(zero - one).max() > 0.3
 
 
+def test_digits_as_images_are_the_flat_rows_read_row_by_row():
+    X, y = digits()
+    images, labels = digits(images=True)
+    assert images.shape == (1797, 1, 8, 8) and images.dtype == np.float32
+    np.testing.assert_array_equal(labels, y)
+    np.testing.assert_array_equal(images[:, 0, 3, 5], X[:, 3 * 8 + 5])  # row 3, column 5
+    np.testing.assert_array_equal(images.reshape(1797, 64), X)
+    # a 1 is an upright stroke: in the mean 1 every row has ink in the middle columns and none
+    # at the edges (a transposed image would have a lying stroke: whole rows of ink or none)
+    one = images[y == 1, 0].mean(0)  # (8, 8)
+    assert one[:, 3:5].min() > 0.5 and one[:, 0].max() < 0.01 and one[:, 7].max() < 0.1
+
+
 def test_digits_data_ships_with_its_licence():
     from importlib import resources
 

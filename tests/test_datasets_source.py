@@ -94,3 +94,45 @@ def test_an_explicit_task_wins_and_a_test_set_may_lack_a_class():
     with pytest.raises(ValueError, match="row 2 holds 1.5"):
         infer_task(np.array([1.0, 1.5]), "classification")
     assert infer_task(np.array([0, 2]), "classification", complete=False).classes == 3
+
+
+# ---------------------------------------------------------------- images
+
+
+def test_image_data_sets_know_their_image_shape_and_keep_flat_rows():
+    split = load_split(builtin("digits", 0))
+    assert split.image_shape == (1, 8, 8) and split.n_features == 64
+    images = split.as_images(split.image_shape)
+    assert images.train[0].shape == (len(split.train[1]), 1, 8, 8)
+    assert np.shares_memory(images.train[0], split.train[0])  # a view, not a copy
+    np.testing.assert_array_equal(images.test[0].reshape(len(split.test[1]), -1), split.test[0])
+    with pytest.raises(ValueError, match="1x7x7 images hold 49 values, but the rows have 64"):
+        split.as_images((1, 7, 7))
+    assert load_split(builtin("spirals", 0)).image_shape is None
+
+
+def test_cifar10_is_a_builtin_with_its_own_test_set():
+    source = builtin("cifar10", 0)
+    assert source.test is None and source.samples is None
+    assert "official test set" in source.describe()
+    checkpoint.check_data({**source.as_dict(), "task": "classification", "classes": 10})
+
+
+@pytest.mark.parametrize(
+    ("shape", "image_shape"),
+    [((30, 2, 4, 4), (2, 4, 4)), ((30, 5, 6), (1, 5, 6)), ((30, 12), None)],
+)
+def test_a_file_of_images_gives_its_image_shape(tmp_path, shape, image_shape):
+    rng = np.random.default_rng(0)
+    X = rng.random(shape, dtype=np.float32)
+    y = np.arange(30) % 3
+    np.savez(tmp_path / "img.npz", X=X, y=y)
+    split = load_split(data_file(tmp_path / "img.npz", seed=1))
+    assert split.image_shape == image_shape
+    assert split.n_features == X[0].size  # rows are flat whatever X's shape
+    if image_shape is not None:
+        images = split.as_images(image_shape)
+        # the same split as the flat rows, each row the image it was
+        whole = {row.tobytes(): row for row in X.reshape(30, *image_shape)}
+        for row in images.train[0]:
+            np.testing.assert_array_equal(row, whole[row.tobytes()])

@@ -186,6 +186,76 @@ def test_a_checkpoint_of_a_distributed_run_loads_in_one_process(equiv: Path, cas
 
 
 # --------------------------------------------------------------------------------------------
+# CNNs, and BatchNorm's running statistics (tests/mpi/conv_equiv.py)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of one 2-rank run of tests/mpi/conv_equiv.py."""
+    out = tmp_path_factory.mktemp("conv")
+    done, _ = mpirun([str(MPI_SCRIPTS / "conv_equiv.py"), str(out)], cwd=out)
+    assert done.returncode == 0, output(done)
+    return out
+
+
+def test_two_ranks_train_the_cnn_one_process_trains(conv_run: Path) -> None:
+    """Conv2D, MaxPool2D, Flatten, Dense: 33-row batches split 17 + 16, float64."""
+    ref = load(conv_run, "conv", "reference")
+    rank0, rank1 = load(conv_run, "conv", "rank0"), load(conv_run, "conv", "rank1")
+    np.testing.assert_allclose(rank0["params"], ref["params"], rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(rank0["params"], rank1["params"])
+    np.testing.assert_allclose(rank0["loss"], ref["loss"], rtol=1e-10)
+    assert ref["loss"][-1] < ref["loss"][0]  # it learnt something
+
+
+def test_batchnorm_statistics_are_averaged_over_the_ranks_every_epoch(conv_run: Path) -> None:
+    """The documented rule: each rank's BatchNorm running mean and variance follow its own
+    shards during an epoch; at the epoch's end every rank gets the mean over the ranks, which
+    is what rank 0's checkpoint saves."""
+    rank0, rank1 = load(conv_run, "batchnorm", "rank0"), load(conv_run, "batchnorm", "rank1")
+    before0, before1 = rank0["before"], rank1["before"]  # (epochs, statistics) before averaging
+    assert before0.shape == before1.shape == (2, 2 * (3 + 8))  # mean and variance, 2 layers
+    assert not np.allclose(before0[-1], before1[-1])  # the shards' statistics differed ...
+    average = (before0[-1] + before1[-1]) / 2
+    np.testing.assert_allclose(rank0["state"], average, rtol=1e-14, atol=0)  # ... and now not
+    np.testing.assert_array_equal(rank0["state"], rank1["state"])
+    np.testing.assert_array_equal(rank0["params"], rank1["params"])
+    saved = checkpoint.load(conv_run / "batchnorm.ckpt", "numpy")
+    np.testing.assert_array_equal(saved.flat_state, rank0["state"])
+    np.testing.assert_array_equal(saved.flat_params, rank0["params"])
+    # rank 1 started 5 above rank 0's statistics: the start broadcast them, so after the first
+    # epoch (5 steps of momentum 0.1) the ranks differ only by their shards, not by 5 * 0.9^5
+    assert rank0["broadcast"] and rank1["broadcast"]
+    assert np.abs(before0[0] - before1[0]).max() < 1.0
+
+
+def test_cli_two_ranks_train_the_lenet_one_process_trains(tmp_path: Path) -> None:
+    """``gpunn train --distributed --model lenet`` on 12x12 images (LeNet-5: no Dropout, no
+    BatchNorm) gives the model one process gives."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "img.npz", X=rng.random((60, 1, 12, 12)), y=np.arange(60) % 3)
+    args = "train --data img.npz --model lenet --epochs 2 --batch-size 16 --dtype float64"
+    args += " --optimizer sgd --lr 0.05 --seed 4 --save {}"
+    dist, single = tmp_path / "dist.ckpt", tmp_path / "single.ckpt"
+    done, _ = mpirun(["-m", "gpunn", *args.format(dist).split(), "--distributed"], cwd=tmp_path)
+    assert done.returncode == 0, output(done)
+    assert "60 images of 1x12x12" in done.stdout and "ranks:   2, mpi" in done.stdout
+    alone = subprocess.run(
+        [sys.executable, "-m", "gpunn", *args.format(single).split()],
+        cwd=tmp_path,
+        env=dict(os.environ, GPUNN_BACKEND="numpy"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert alone.returncode == 0, output(alone)
+    a, b = checkpoint.load(dist, "numpy"), checkpoint.load(single, "numpy")
+    assert a.input_shape == b.input_shape == (1, 12, 12)
+    np.testing.assert_allclose(a.flat_params, b.flat_params, rtol=1e-10, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------
 # Failures end the whole job
 # --------------------------------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ FLOORS: dict[int, tuple[str, ...]] = {
         "gpunn.datasets",
         "gpunn.info",
         "gpunn.plots",
+        "gpunn.presets",
         "gpunn.testing",
         "gpunn.sklearn",
     ),

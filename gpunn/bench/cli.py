@@ -26,6 +26,7 @@ from typing import Any
 from gpunn.backend import Backend, BackendUnavailableError, available_backends, get_backend
 from gpunn.bench.env import blas_threads, environment
 from gpunn.bench.harness import (
+    CONV_BATCH_SIZES,
     DEFAULT_BATCH_SIZES,
     SweepConfig,
     compute_crossovers,
@@ -46,7 +47,7 @@ from gpunn.bench.results import (
 )
 from gpunn.bench.timing import Policy
 from gpunn.bench.torch_ref import load_torch
-from gpunn.bench.workload import MODELS, OPTIMIZERS, parse_model
+from gpunn.bench.workload import CONV_MODELS, MODELS, OPTIMIZERS, parse_model
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -62,8 +63,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="benchmark training and inference throughput (vs PyTorch and the GEMM limit)",
         description=(
             "Time the training step (forward, loss, backward, optimizer) and inference of ReLU "
-            "MLPs per backend and batch size, with the bare-GEMM limit and PyTorch measured in "
-            "the same run; print a table and write bench.json, bench.csv, bench.md, bench.png."
+            "MLPs and LeNet-5 per backend and batch size, with the bare-GEMM limit and PyTorch "
+            "measured in the same run; print a table and write bench.json, bench.csv, "
+            "bench.md, bench.png."
         ),
     )
     p.add_argument(
@@ -73,14 +75,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-sizes",
-        default=",".join(str(b) for b in DEFAULT_BATCH_SIZES),
-        help="comma list of batch sizes (default: %(default)s)",
+        default=None,
+        help="comma list of batch sizes (default: "
+        f"{','.join(str(b) for b in DEFAULT_BATCH_SIZES)} for an MLP, "
+        f"{','.join(str(b) for b in CONV_BATCH_SIZES)} for lenet5)",
+    )
+    mlps = ", ".join(f"{k}={'-'.join(map(str, v))}" for k, v in MODELS.items())
+    convs = ", ".join(
+        f"{k} (on {'x'.join(map(str, c.input_shape))})" for k, c in CONV_MODELS.items()
     )
     p.add_argument(
         "--model",
         default=DEFAULT_MODELS,
-        help=f"comma list of presets ({', '.join(f'{k}={v}' for k, v in MODELS.items())}) "
-        "or widths like 784-256-10 (default: all presets)",
+        help=f"comma list of MLP presets ({mlps}), widths like 784-256-10, or CNN presets "
+        f"({convs}: conv 6@5x5 pad 2, max-pool 2, conv 16@5x5, max-pool 2, 120, 84, 10) "
+        "(default: the MLP presets)",
     )
     p.add_argument(
         "--compare",
@@ -188,7 +197,7 @@ def _build(args: argparse.Namespace) -> tuple[SweepConfig, list[str], dict[str, 
         models = [parse_model(m) for m in args.model.split(",") if m.strip()]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    batches = _int_list(args.batch_sizes, "--batch-sizes")
+    batches = _int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes else None
     backends, notes = _backends(args.backend)  # usage errors first, then what is missing here
     baseline = None
     if args.cpu_baseline:

@@ -5,7 +5,8 @@ bench.json (``schema: "gpunn-bench/1"``) is one object:
 
 * ``schema``: ``"gpunn-bench/1"``.
 * ``created``: UTC time, ISO 8601.  ``command``: the command line that produced the file.
-* ``settings``: ``backends``, ``models`` (width strings), ``batch_sizes``, ``dtype``,
+* ``settings``: ``backends``, ``models`` (model labels), ``batch_sizes`` (every batch size
+  measured), ``batch_sizes_per_model`` (model label -> its batch sizes), ``dtype``,
   ``optimizer``, ``optimizer_hyperparams``, ``activation``, ``loss``, ``compare_torch``,
   ``policy`` (the timing policy of :class:`gpunn.bench.timing.Policy`), ``seed``,
   ``threads`` (``blas`` and ``torch`` thread counts).
@@ -29,7 +30,8 @@ bench.json (``schema: "gpunn-bench/1"``) is one object:
 
 ``ROW_FIELDS`` (also the columns of bench.csv, in this order; absent values are null / empty):
 
-* ``model`` (``"784-256-10"``), ``model_name`` (``"mnist"``, or ``""`` for a custom model),
+* ``model`` (``"784-256-10"`` for an MLP, ``"lenet5-1x28x28"`` for a convolutional preset),
+  ``model_name`` (``"mnist"``, ``"lenet5"``, or ``""`` for a custom model),
   ``params`` (trainable parameters), ``batch``, ``engine`` (``"gpunn"`` or ``"torch"``),
   ``device`` (``"numpy"``, ``"cupy:0"``, ``"cpu"``, ``"cuda:0"``), ``dtype``, ``optimizer``.
 * ``train_s``, ``train_min_s``, ``train_max_s``: median, min and max seconds per training step
@@ -38,7 +40,10 @@ bench.json (``schema: "gpunn-bench/1"``) is one object:
 * ``infer_s``, ``infer_min_s``, ``infer_max_s``, ``infer_repeats``, ``infer_spread``,
   ``infer_samples_per_s``: the same for a forward pass in inference mode.
 * ``gemm_s``, ``gemm_min_s``, ``gemm_max_s``, ``gemm_repeats``, ``gemm_spread``: the bare GEMMs
-  of one step timed alone (gpunn rows); ``gemm_count`` (3 x layers - 1).
+  of one step timed alone (gpunn rows); ``gemm_count`` (3 per Dense or Conv2D layer, less the
+  first one's input gradient: 3 x layers - 1 for an MLP, 14 for LeNet-5). A convolution's GEMMs
+  are those of im2col at the same shapes: ``W (O, C*kh*kw) @ cols (C*kh*kw, N*Ho*Wo)`` forward,
+  ``dz @ cols^T`` and ``W^T @ dz`` backward (:func:`gpunn.bench.workload.step_gemms`).
 * ``limit_fraction`` = ``gemm_s / train_s`` (gpunn rows; 1.0 would mean zero overhead);
   ``limit_fraction_best`` = ``gemm_min_s / train_min_s``, from the fastest repeats (less
   sensitive to a busy machine, which slows the step's many small operations most).
@@ -59,6 +64,9 @@ bench.json (``schema: "gpunn-bench/1"``) is one object:
 * ``gpu_used_bytes``, ``gpu_total_bytes``: on CuPy the memory pool's bytes in use by live arrays
   and held by the pool after the first step (from an emptied pool); on torch CUDA
   ``max_memory_allocated`` / ``max_memory_reserved``; null on the CPU.
+* ``im2col_bytes``: for a convolutional model, the bytes of the im2col matrices its Conv2D
+  layers hold after the first step (measured from the arrays; they are kept and reused, so
+  this is also their peak; :func:`gpunn.bench.workload.im2col_bytes`); null for an MLP.
 * ``other_cpu``: the share of all CPU cores that *other* processes kept busy while the point was
   timed (:mod:`gpunn.bench.load`); above about 0.05 the machine was not quiet and the times,
   ratios included, deserve less trust.
@@ -131,6 +139,7 @@ ROW_FIELDS: tuple[str, ...] = (
     "rss_setup_bytes",
     "gpu_used_bytes",
     "gpu_total_bytes",
+    "im2col_bytes",
     "other_cpu",
 )
 
@@ -246,6 +255,7 @@ TABLE_COLUMNS = (
     "infer vs torch",
     "peak RSS MiB",
     "GPU pool MiB",
+    "im2col MiB",
     "other CPU",
 )
 
@@ -287,8 +297,8 @@ def ratio_marks(row: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def _mib(x: int | None) -> str:
-    return "" if x is None else f"{x / 2**20:,.0f}"
+def _mib(x: int | None, digits: int = 0) -> str:
+    return "" if x is None else f"{x / 2**20:,.{digits}f}"
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
@@ -315,6 +325,7 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         infer + (_mark(marks["vs_torch_infer"]) if infer else ""),
         _mib(row.get("rss_peak_bytes")),
         _mib(row.get("gpu_used_bytes")),
+        _mib(row.get("im2col_bytes"), digits=1),
         "" if row.get("other_cpu") is None else f"{row['other_cpu']:.0%}",
     ]
 

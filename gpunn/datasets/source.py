@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from gpunn.datasets.cifar import cifar10
 from gpunn.datasets.digits import digits
 from gpunn.datasets.files import load_file
 from gpunn.datasets.idx import fashion_mnist, mnist
@@ -34,7 +35,16 @@ from gpunn.datasets.synthetic import blobs, spirals
 Pair = tuple[np.ndarray, np.ndarray]
 
 #: the built-in data sets, by their command-line name
-BUILTIN = ("digits", "spirals", "blobs", "mnist", "fashion-mnist")
+BUILTIN = ("digits", "spirals", "blobs", "mnist", "fashion-mnist", "cifar10")
+#: the built-in data sets with their own test set (the others are split 70 / 10 / 20)
+OFFICIAL_TEST = ("mnist", "fashion-mnist", "cifar10")
+#: one image's (channels, height, width) for the built-in image data sets
+IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {
+    "digits": (1, 8, 8),
+    "mnist": (1, 28, 28),
+    "fashion-mnist": (1, 28, 28),
+    "cifar10": (3, 32, 32),
+}
 #: how many samples the synthetic data sets generate
 SYNTHETIC_SAMPLES = 3000
 #: the split of a data set without its own test set: 70 % train, 10 % validation, 20 % test
@@ -91,7 +101,7 @@ def builtin(name: str, seed: int) -> DataSource:
     """The source of a built-in data set with gpunn's standard split."""
     if name not in BUILTIN:
         raise ValueError(f"unknown data set {name!r}; the built-in ones are {BUILTIN}")
-    official_test = name in ("mnist", "fashion-mnist")
+    official_test = name in OFFICIAL_TEST
     samples = SYNTHETIC_SAMPLES if name in ("spirals", "blobs") else None
     return DataSource(name, None, None, samples, VAL, None if official_test else TEST, seed)
 
@@ -113,11 +123,17 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 @dataclass
 class Split:
-    """The three parts of a data set, each (X (n, features) float32, y (n,))."""
+    """The three parts of a data set, each (X (n, features) float32, y (n,)).
+
+    ``image_shape`` is one sample's (channels, height, width) when the rows are images (a
+    built-in image data set, or a file whose X has shape (n, C, H, W)), else None. The rows stay
+    flat here; :meth:`as_images` views them as images.
+    """
 
     train: Pair
     val: Pair
     test: Pair
+    image_shape: tuple[int, ...] | None = None
 
     @property
     def n_samples(self) -> int:
@@ -127,6 +143,19 @@ class Split:
     def n_features(self) -> int:
         return int(self.train[0].shape[1])
 
+    def as_images(self, shape: tuple[int, ...]) -> Split:
+        """The same rows with X viewed as (n, *shape) (no copy); ValueError if they do not fit."""
+        size = 1
+        for d in shape:
+            size *= int(d)
+        if size != self.n_features:
+            shown = "x".join(str(d) for d in shape)
+            raise ValueError(
+                f"{shown} images hold {size} values, but the rows have {self.n_features}"
+            )
+        parts = [(X.reshape(len(X), *shape), y) for X, y in (self.train, self.val, self.test)]
+        return Split(*parts, image_shape=tuple(shape))
+
 
 def load_split(source: DataSource) -> Split:
     """Load the data ``source`` names and split it exactly as it says.
@@ -134,18 +163,20 @@ def load_split(source: DataSource) -> Split:
     A file must still have the SHA-256 the source recorded (else ValueError: the split could
     not be the same).
     """
-    if source.dataset in ("mnist", "fashion-mnist"):
-        load = mnist if source.dataset == "mnist" else fashion_mnist
-        (X, y), (X_test, y_test) = load()
+    shape = IMAGE_SHAPES.get(str(source.dataset))
+    if source.dataset in OFFICIAL_TEST:
+        (X, y), (X_test, y_test) = _official(source.dataset)
         train, val, _ = train_val_test_split(
             _flat(X), y, val=source.val, test=0.0, seed=source.seed
         )
-        return Split(train, val, (_flat(X_test), y_test))
+        return Split(train, val, (_flat(X_test), y_test), image_shape=shape)
     X, y = load_rows(source)
+    if source.dataset is None and X.ndim in (3, 4):  # a file of images: (n, H, W) or (n, C, H, W)
+        shape = (1, *X.shape[1:]) if X.ndim == 3 else tuple(X.shape[1:])
     train, val, test = train_val_test_split(
         _flat(X), y, val=source.val, test=source.test or 0.0, seed=source.seed
     )
-    return Split(train, val, test)
+    return Split(train, val, test, image_shape=shape)
 
 
 def load_rows(source: DataSource) -> Pair:
@@ -156,8 +187,8 @@ def load_rows(source: DataSource) -> Pair:
         return blobs(source.samples or SYNTHETIC_SAMPLES, seed=source.seed)
     if source.dataset == "digits":
         return digits()
-    if source.dataset in ("mnist", "fashion-mnist"):
-        return (mnist if source.dataset == "mnist" else fashion_mnist)()[0]
+    if source.dataset in OFFICIAL_TEST:
+        return _official(source.dataset)[0]
     path = Path(str(source.file))
     if not path.is_file():
         raise FileNotFoundError(
@@ -171,6 +202,12 @@ def load_rows(source: DataSource) -> Pair:
             f"was {source.sha256[:12]}...): its split cannot be rebuilt"
         )
     return load_file(path)
+
+
+def _official(name: str | None) -> tuple[Pair, Pair]:
+    """(train, test) of a data set that comes with its own test set, rows flat."""
+    load = {"mnist": mnist, "fashion-mnist": fashion_mnist, "cifar10": cifar10}[str(name)]
+    return load()
 
 
 def _flat(X: np.ndarray) -> np.ndarray:

@@ -1032,6 +1032,15 @@ def make_module(
     for name, kernel in _kernels(emu).items():
         setattr(cp, name, kernel)
 
+    # cupy.lib.stride_tricks.as_strided: a view of the same memory, on the array's device
+    lib = types.ModuleType("cupy.lib")
+    lib.stride_tricks = types.SimpleNamespace(
+        as_strided=lambda x, shape=None, strides=None: x._view(
+            numpy.lib.stride_tricks.as_strided(x._data, shape, strides)
+        )
+    )
+    cp.lib = lib
+
     random = types.ModuleType("cupy.random")
     random.default_rng = lambda seed=None: _Generator(emu, seed)
     random.Generator = _Generator

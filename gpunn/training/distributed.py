@@ -584,17 +584,22 @@ class DataParallel:
     """What :func:`gpunn.training.fit` does differently on one rank of a data-parallel run.
 
     Constructing it checks that every rank trains the same problem and broadcasts rank 0's
-    weights. Then, per step, :meth:`average_gradients` turns this rank's shard-mean gradients
-    into the global-batch mean; per epoch, :meth:`end_epoch` reads the epoch's statistics
-    (with a parameter checksum, in the same single host read), makes them global and stops
-    the run if the ranks' weights differ.
+    weights (and BatchNorm running statistics). Then, per step, :meth:`average_gradients` turns
+    this rank's shard-mean gradients into the global-batch mean; per epoch, :meth:`end_epoch`
+    averages the ranks' BatchNorm running statistics (:meth:`average_state`), reads the epoch's
+    statistics (with a parameter checksum, in the same single host read), makes them global
+    and stops the run if the ranks' weights differ.
     """
 
     def __init__(
         self, comm: Communicator, model: Any, n: int, batch_size: int, same: dict[str, Any]
     ) -> None:
         self.comm, self.rank, self.size = comm, comm.rank, comm.size
-        sizes = {"number of samples": n, "number of parameters": model.flat_params.size}
+        sizes = {
+            "number of samples": n,
+            "number of parameters": model.flat_params.size,
+            "number of running statistics": model.flat_state.size,
+        }
         self._check_same(sizes | {"batch_size": batch_size} | same)
         starts = range(0, n, batch_size)
         self.global_sizes = numpy.array([min(batch_size, n - s) for s in starts], dtype=numpy.int64)
@@ -607,6 +612,8 @@ class DataParallel:
         ).astype(numpy.int64)
         self.scale = self.local_sizes / self.global_sizes  # shard mean -> share of batch mean
         comm.bcast(model.flat_params, root=0)  # start from rank 0's weights, once
+        if model.flat_state.size:
+            comm.bcast(model.flat_state, root=0)  # ... and its running statistics
 
     def _check_same(self, values: dict[str, Any]) -> None:
         """Refuse to start unless every rank has the same values (one tiny all-reduce): ranks
@@ -652,13 +659,33 @@ class DataParallel:
         grads *= float(self.scale[b])
         self.comm.allreduce_sum(grads)
 
+    def average_state(self, model: Any) -> None:
+        """Replace every rank's BatchNorm running statistics (``model.flat_state``) by their
+        mean over the ranks: one all-reduce, once per epoch.
+
+        During an epoch each rank's BatchNorm layers normalise with the statistics of the
+        rank's own shard and update their running mean and variance from them, so the ranks'
+        running statistics drift apart. Averaging them at the end of every epoch, before
+        validation, callbacks and checkpoints see them, gives every rank the same values. An
+        exponential moving average is linear in what it averages, so the result is the
+        moving average of the ranks' mean shard statistics: for the running mean, the mean of
+        the global batch when every shard has as many rows; for the running variance, the
+        mean of the shard variances (which leaves out the spread between shard means).
+        """
+        state = model.flat_state
+        if state.size:
+            self.comm.allreduce_sum(state)
+            state /= self.size
+
     def end_epoch(self, model: Any, stats: Any) -> numpy.ndarray:
         """The epoch's (2, batches) statistics for the global batches, as host arrays.
 
         ``stats`` holds this rank's shard-mean losses and correct counts on the device. They
         are read together with a parameter checksum in one transfer, summed over ranks on the
-        host, and the checksum's spread is checked (:class:`DriftError`).
+        host, and the checksum's spread is checked (:class:`DriftError`). The ranks' BatchNorm
+        running statistics are averaged first (:meth:`average_state`).
         """
+        self.average_state(model)
         xp, p = model.xp, model.flat_params
         checksum = xp.stack([p.sum(dtype=xp.float64), xp.abs(p).sum(dtype=xp.float64)])
         host = model.backend.to_numpy(xp.concatenate([stats.ravel(), checksum]))

@@ -93,7 +93,10 @@ class DeviceData:
         self.backend, self.xp = backend, backend.xp
         self.n = X.shape[0]
         self.dtype, self.y_dtype = dtype, y_dtype
-        row_bytes = X.shape[1] * dtype.itemsize + 8  # a row of X plus its label
+        per_sample = 1
+        for d in X.shape[1:]:
+            per_sample *= d
+        row_bytes = per_sample * dtype.itemsize + 8  # a sample of X plus its label
         free = backend.free_memory()  # None on the host: X is already in memory there
         fits = free is None or row_bytes * self.n <= DEVICE_MEMORY_SHARE * free
         self.on_device = fits
@@ -171,7 +174,8 @@ def fit(
     _check_loss(loss)
     if not isinstance(optimizer, Optimizer):
         raise ValueError(f"optimizer must be a gpunn optimizer (e.g. Adam()), found {optimizer!r}")
-    X = check_x(X, model.in_features, dtype=model.dtype)
+    X = check_input(model, X)
+    _check_outputs(model)
     y = check_y(y, X.shape[0], loss, model.out_features)
     if validation_split is not None:
         if validation_data is not None:
@@ -192,10 +196,11 @@ def fit(
                     else ""
                 )
             )
-        Xv = check_x(validation_data[0], model.in_features, name="validation X", dtype=model.dtype)
+        Xv = check_input(model, validation_data[0], name="validation X")
         yv = check_y(validation_data[1], Xv.shape[0], loss, model.out_features, name="validation y")
         val = _on_device(model, loss, Xv, yv)  # moved once, evaluated every epoch
 
+    _check_batch_sizes(model, X.shape[0], batch_size)
     backend, xp = model.backend, model.xp
     with backend.activate():  # every array of the run is made, and every kernel runs, on its device
         data = DeviceData(backend, X, y, model.dtype, _label_dtype(loss, model))
@@ -275,6 +280,39 @@ def fit(
         return history
 
 
+def check_input(model: Sequential, X: Any, *, name: str = "X") -> Array:
+    """X checked against the model's input shape (see ``check_x``); a model that does not
+    know its input shape yet learns it here, and checks that its layers fit together."""
+    X = check_x(X, model.input_shape, name=name, dtype=model.dtype, rank=model.input_rank)
+    if model.input_shape is None:
+        model.set_input_shape(X.shape[1:])
+    return X
+
+
+def _check_outputs(model: Sequential) -> None:
+    """A loss needs a vector of outputs per sample: refuse a model that ends in feature maps."""
+    shape = model.output_shape
+    if shape is not None and len(shape) != 1:
+        raise ValueError(
+            f"the model's output for one sample has shape {shape}, but a loss needs a vector "
+            "of outputs: end the model with Flatten() and a Dense layer"
+        )
+
+
+def _check_batch_sizes(model: Sequential, n: int, batch_size: int) -> None:
+    """Every training batch must be large enough for the model (BatchNorm needs 2 values per
+    channel); the smallest is the last batch of an epoch."""
+    need, who = model.min_train_batch()
+    last = n % batch_size or batch_size
+    smallest = min(last, batch_size, n)
+    if smallest < need:
+        raise ValueError(
+            f"{who} needs batches of at least {need} samples to train, but with {n} samples "
+            f"and batch size {batch_size} the last batch of each epoch holds {smallest}: "
+            "choose another batch size"
+        )
+
+
 def _split_off_validation(
     X: Array, y: Array, fraction: Any, loss: Loss
 ) -> tuple[Array, Array, tuple[Array, Array]]:
@@ -352,7 +390,8 @@ def evaluate(model: Sequential, X: Any, y: Any, loss: Loss | None = None) -> dic
     """Mean loss (and accuracy where it applies) of the model on X, y in inference mode."""
     loss = loss if loss is not None else _default_loss(model)
     _check_loss(loss)
-    X = check_x(X, model.in_features, dtype=model.dtype)
+    X = check_input(model, X)
+    _check_outputs(model)
     y = check_y(y, X.shape[0], loss, model.out_features)
     return _evaluate(model, *_on_device(model, loss, X, y), loss)
 
@@ -382,8 +421,8 @@ def _evaluate(model: Sequential, X: Array, y: Array, loss: Loss) -> dict[str, fl
 
 
 def predict(model: Sequential, X: Any, batch_size: int | None = None) -> Array:
-    """Model outputs (logits) for X (N, D) -> (N, out) on the model's backend, in batches."""
-    X = check_x(X, model.in_features, dtype=model.dtype)
+    """Model outputs (logits) for X (N, ...) -> (N, out) on the model's backend, in batches."""
+    X = check_input(model, X)
     batch_size = check_batch_size(batch_size) or _predict_batch(model)
     backend, xp = model.backend, model.xp
     out = None
