@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import difflib
 import os
 import signal
 import sys
@@ -79,7 +81,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         if (
             "%(default)" not in text
             and "default" not in text
-            and action.default not in (None, False, argparse.SUPPRESS)
+            and not any(action.default is v for v in (None, False, argparse.SUPPRESS))  # 0 shows
             and action.option_strings
         ):
             text += " (default: %(default)s)"
@@ -92,9 +94,29 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # name -> subcommand parser
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """argparse's, but an unknown flag is reported by the subcommand it was given to, with
+        the closest flag that command has (argparse would blame ``gpunn`` itself)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self.commands.get(getattr(parsed, "command", None) or "", self)
+            flags = [f for f in parser._option_string_actions if f.startswith("--")]
+            near = [
+                difflib.get_close_matches(e.split("=")[0], flags, n=1)
+                for e in extras
+                if e.startswith("--")
+            ]
+            hint = ", ".join(m[0] for m in near if m)
+            parser.error(
+                f"unrecognized arguments: {' '.join(extras)}"
+                + (f" (did you mean {hint}?)" if hint else "")
+            )
+        return parsed
 
 
 # ------------------------------------------------------------------------------------------
@@ -438,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = bench_cli.add_parser(sub)  # sets args.func to its own handler
     bench.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -689,13 +712,14 @@ def _check_model_flags(args: argparse.Namespace, model: str, source: Any, info: 
     usage errors (the image shape of a file is checked once it is read)."""
     from gpunn.datasets.source import IMAGE_SHAPES
 
-    where = f"{args.resume} is a {model} model" if info is not None else f"--model {model}"
+    article = "an" if model == "mlp" else "a"
+    where = f"{args.resume}, {article} {model} model," if info is not None else f"--model {model}"
     if model == "lenet":
         for flag, value in (("--hidden", args.hidden), ("--activation", args.activation)):
             if value is not None:
                 raise UsageError(
-                    f"gpunn train: {flag} sets up --model mlp; {where}, whose layers are its "
-                    "preset's (gpunn train --help lists them)"
+                    f"gpunn train: {flag} sets up --model mlp; {where} uses the layers of its "
+                    "preset (gpunn train --help lists them)"
                 )
         if source.dataset is not None and source.dataset not in IMAGE_SHAPES:
             images = ", ".join(IMAGE_SHAPES)
@@ -712,7 +736,7 @@ def _check_model_flags(args: argparse.Namespace, model: str, source: Any, info: 
             )
     elif args.input_shape is not None:
         raise UsageError(
-            f"gpunn train: --input-shape applies to --model lenet; {where}, which takes flat rows"
+            f"gpunn train: --input-shape applies to --model lenet; {where} takes flat rows"
         )
 
 
@@ -746,6 +770,8 @@ def _task_data(args: argparse.Namespace, source: Any, info: Any, model: str, com
     all_y = np.concatenate([split.train[1], split.val[1], split.test[1]])
     requested = args.task or (recorded.task if recorded is not None else None)
     task = infer_task(all_y, requested, where=source.name)
+    if args.task is None and recorded is not None:  # the user asked for nothing: say where from
+        task = dataclasses.replace(task, reason=f"as recorded in {args.resume}")
     if task.kind == "regression":  # whole-number targets become float for the squared error
         split.train, split.val, split.test = (
             (X, y.astype(np.float32)) for X, y in (split.train, split.val, split.test)
@@ -914,9 +940,10 @@ def _train(
         takes = model.input_shape or (model.in_features,)
         if model.out_features != task.outputs or tuple(takes) != sample:
             raise ValueError(
-                f"{args.resume} takes {_sample_text(takes)} to {model.out_features} "
-                f"outputs; {source.name} has {_sample_text(sample)} and needs "
-                f"{task.outputs} output(s) ({task.describe()})"
+                f"{args.resume} takes {_sample_text(takes)} to "
+                f"{_plural(model.out_features, 'output')}; {source.name} has "
+                f"{_sample_text(sample)} and needs {_plural(task.outputs, 'output')} "
+                f"({task.describe()})"
             )
     else:
         model = _make_model(settings, sample, task.outputs, backend, source.seed)
@@ -1139,7 +1166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     backend = _backend(args.backend, args.tf32)
     model = checkpoint.load(args.checkpoint, backend=backend)
-    X = _check_fits(model, X, task, args.checkpoint)
+    X = _check_fits(model, X, task, args.checkpoint, str(args.data or source.name))
     if task.kind == "regression":
         y = y.astype(np.float32)
     result = model.evaluate(X, y, loss=_loss(task))
@@ -1152,17 +1179,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_fits(model: Any, X: Any, task: Any, path: Path) -> Any:
-    """X (n, ...) shaped for the model, whose samples and labels must suit it (one clear line
-    if not)."""
-    X = _model_input(model, X, path)
+def _check_fits(model: Any, X: Any, task: Any, path: Path, data: str) -> Any:
+    """X (n, ...) shaped for the model of checkpoint ``path``, whose samples and labels must
+    suit it (one clear line naming the checkpoint and the ``data`` if not)."""
+    X = _model_input(model, X, path, data)
     _check_labels(model, task, path)
     return X
 
 
-def _model_input(model: Any, X: Any, path: Path) -> Any:
-    """X (n, ...) as the model takes it: flat rows for an MLP, (n, C, H, W) images for a CNN
-    (flat rows of as many values are read as its images, row by row)."""
+def _model_input(model: Any, X: Any, path: Path, data: str) -> Any:
+    """X (n, ...) as the model of checkpoint ``path`` takes it: flat rows for an MLP,
+    (n, C, H, W) images for a CNN (flat rows of as many values are read as its images, row by
+    row); a ValueError naming the checkpoint and the ``data`` when they do not fit."""
     takes = tuple(model.input_shape or (model.in_features,))
     size = 1
     for d in takes:
@@ -1170,11 +1198,11 @@ def _model_input(model: Any, X: Any, path: Path) -> Any:
     flat = X.reshape(len(X), -1)
     if X.ndim > 2 and len(takes) > 1 and tuple(X.shape[1:]) != takes:
         raise ValueError(
-            f"{path} takes {_sample_text(takes)}; the data holds {_sample_text(X.shape[1:])}"
+            f"{path} takes {_sample_text(takes)}; {data} holds {_sample_text(X.shape[1:])}"
         )
     if flat.shape[1] != size:
         have = _sample_text(X.shape[1:]) if X.ndim > 2 else f"{flat.shape[1]} features"
-        raise ValueError(f"{path} takes {_sample_text(takes)} per sample; the data has {have}")
+        raise ValueError(f"{path} takes {_sample_text(takes)} per sample; {data} has {have}")
     return flat.reshape(len(X), *takes)
 
 
@@ -1225,7 +1253,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     size = 1
     for d in takes:
         size *= int(d)
-    X = _model_input(model, load_features(args.data, size), args.data)
+    X = _model_input(model, load_features(args.data, size), args.checkpoint, str(args.data))
     if has_label_column(args.data, size):
         _note(
             f"{args.data} has {size + 1} columns and the model takes {size} values per "

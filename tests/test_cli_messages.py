@@ -1,0 +1,224 @@
+"""Tests for what the `gpunn` command says when a user gets something wrong: each message names
+the right file and flag, in one line, and --help shows every default. Run in-process (fast)."""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import numpy as np
+import pytest
+
+import gpunn
+from gpunn import cli
+
+
+@pytest.fixture(autouse=True)
+def _numpy_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    monkeypatch.setenv("GPUNN_BACKEND", "numpy")
+    monkeypatch.setenv("GPUNN_DATA", str(tmp_path / "gpunn-cache"))  # never the user's cache
+    monkeypatch.chdir(tmp_path)
+
+
+def gpunn_cmd(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of `gpunn ARGS`, run in this process."""
+    status = cli.main(list(args))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def error_line(capsys: pytest.CaptureFixture[str], status: int, *args: str) -> str:
+    """The one line on stderr of `gpunn ARGS`, which must fail with ``status``."""
+    got, out, err = gpunn_cmd(capsys, *args)
+    assert got == status, (got, out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+# --------------------------------------------------------------------------------------------
+# A mistyped flag is reported by its command, with the flag meant
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_unknown_flag_is_reported_by_its_command_with_the_closest_flag(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = error_line(capsys, 2, "train", "--hiden", "32")
+    assert line == (
+        "gpunn train: unrecognized arguments: --hiden 32 (did you mean --hidden?) "
+        "(see 'gpunn train --help')"
+    )
+
+
+def test_an_unknown_flag_of_another_command_points_to_that_commands_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = error_line(capsys, 2, "evaluate", "--checkpoint", "m.ckpt", "--quiet")
+    assert line.startswith("gpunn evaluate: unrecognized arguments: --quiet")
+    assert line.endswith("(see 'gpunn evaluate --help')")
+    line = error_line(capsys, 2, "bench", "--bach-sizes=4")
+    assert "gpunn bench: unrecognized arguments: --bach-sizes=4" in line
+    assert "did you mean --batch-sizes?" in line
+
+
+# --------------------------------------------------------------------------------------------
+# --help lists every default
+# --------------------------------------------------------------------------------------------
+
+
+def _options_with_defaults() -> list[tuple[str, argparse.ArgumentParser, argparse.Action]]:
+    parser = cli.build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    assert set(commands.choices) == {"info", "train", "evaluate", "predict", "bench"}
+    return [
+        (name, sub, action)
+        for name, sub in commands.choices.items()
+        for action in sub._actions
+        if action.option_strings
+        and not any(action.default is v for v in (None, False, argparse.SUPPRESS))  # 0 counts
+    ]
+
+
+@pytest.mark.parametrize(
+    "item", _options_with_defaults(), ids=lambda i: f"{i[0]} {i[2].option_strings[-1]}"
+)
+def test_help_shows_the_default_of_every_option(
+    item: tuple[str, argparse.ArgumentParser, argparse.Action],
+) -> None:
+    _, sub, action = item
+    assert action.help, f"{action.option_strings} has no help line, so no default shown"
+    text = sub._get_formatter()._expand_help(action)
+    assert "default" in text, text
+    if "%(default)" in action.help or "(default: %(default)s)" in text:
+        assert str(action.default) in text, text
+
+
+def test_bench_help_fits_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = gpunn_cmd(capsys, "bench", "--help")
+    assert status == 0
+    too_long = [line for line in out.splitlines() if len(line) > 100]
+    assert not too_long, too_long
+
+
+# --------------------------------------------------------------------------------------------
+# Missing files and checkpoints that do not fit the data name the right file
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["evaluate", "--checkpoint", "nope.ckpt"],
+        ["train", "--resume", "nope.ckpt", "--epochs", "1"],
+        ["predict", "--checkpoint", "nope.ckpt", "--data", "x.csv"],
+    ],
+    ids=["evaluate", "resume", "predict"],
+)
+def test_a_missing_checkpoint_is_one_plain_line(
+    capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
+    assert error_line(capsys, 1, *args) == "gpunn: error: nope.ckpt: no such file"
+
+
+def test_a_folder_given_as_a_checkpoint_says_so(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    (tmp_path / "runs").mkdir()
+    line = error_line(capsys, 1, "evaluate", "--checkpoint", "runs")
+    assert line == "gpunn: error: runs: is a folder, not a checkpoint file"
+    with pytest.raises(FileNotFoundError, match=r"^nope\.ckpt: no such file$"):
+        gpunn.load("nope.ckpt")
+
+
+@pytest.fixture
+def three_class_model(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A 2-feature, 3-class checkpoint saved from Python (it records no data)."""
+    model = gpunn.Sequential(
+        [gpunn.Dense(2, 4), gpunn.ReLU(), gpunn.Dense(4, 3)], backend="numpy", seed=0
+    )
+    model.save(tmp_path / "spiral.ckpt")
+    return tmp_path / "spiral.ckpt"
+
+
+def test_predict_on_data_of_another_width_blames_the_checkpoint_and_names_the_data(
+    capsys: pytest.CaptureFixture[str], three_class_model: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    np.savez(tmp_path / "four.npz", X=np.zeros((5, 4), np.float32))
+    line = error_line(capsys, 1, "predict", "--checkpoint", "spiral.ckpt", "--data", "four.npz")
+    assert line == "gpunn: error: spiral.ckpt takes 2 features per sample; four.npz has 4 features"
+
+
+def test_evaluate_on_data_of_another_width_names_both_files(
+    capsys: pytest.CaptureFixture[str], three_class_model: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    np.savez(tmp_path / "four.npz", X=np.zeros((5, 4), np.float32), y=np.arange(5) % 3)
+    line = error_line(capsys, 1, "evaluate", "--checkpoint", "spiral.ckpt", "--data", "four.npz")
+    assert line == "gpunn: error: spiral.ckpt takes 2 features per sample; four.npz has 4 features"
+
+
+# --------------------------------------------------------------------------------------------
+# Resuming: the task line says where the task came from
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def spirals_ckpt(capsys: pytest.CaptureFixture[str]) -> str:
+    status, _, err = gpunn_cmd(
+        capsys, "train", "--dataset", "spirals", "--epochs", "1", "--save", "s.ckpt", "--quiet"
+    )
+    assert status == 0, err
+    return "s.ckpt"
+
+
+def test_a_resumed_task_is_the_checkpoints_not_as_asked(
+    capsys: pytest.CaptureFixture[str], spirals_ckpt: str
+) -> None:
+    status, out, err = gpunn_cmd(capsys, "train", "--resume", spirals_ckpt, "--epochs", "1")
+    assert status == 0, err
+    task = next(line for line in out.splitlines() if line.startswith("task:"))
+    assert task == (
+        "task:    classification, 3 classes, softmax cross-entropy (as recorded in s.ckpt)"
+    )
+    status, out, err = gpunn_cmd(
+        capsys, "train", "--resume", spirals_ckpt, "--epochs", "1", "--task", "classification"
+    )
+    assert status == 0, err
+    assert "softmax cross-entropy (as asked)" in out
+
+
+def test_resuming_on_data_that_does_not_fit_counts_outputs_in_words(
+    capsys: pytest.CaptureFixture[str], spirals_ckpt: str, tmp_path: pathlib.Path
+) -> None:
+    X = np.random.default_rng(0).normal(size=(60, 2)).astype(np.float32)
+    np.savez(tmp_path / "two.npz", X=X, y=(X[:, 0] > 0).astype(np.int64))
+    line = error_line(
+        capsys,
+        1,
+        "train",
+        "--resume",
+        spirals_ckpt,
+        "--data",
+        "two.npz",
+        "--epochs",
+        "1",
+        "--quiet",
+    )
+    assert line == (
+        f"gpunn: error: s.ckpt takes 2 features to 3 outputs; {tmp_path / 'two.npz'} has 2 "
+        "features and needs 1 output (classification, 2 classes, binary cross-entropy (as "
+        "recorded in s.ckpt))"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Flags that do not apply to the model
+# --------------------------------------------------------------------------------------------
+
+
+def test_mlp_flags_with_lenet_read_as_a_sentence(capsys: pytest.CaptureFixture[str]) -> None:
+    line = error_line(capsys, 2, "train", "--model", "lenet", "--hidden", "32")
+    assert line == (
+        "gpunn train: --hidden sets up --model mlp; --model lenet uses the layers of its "
+        "preset (gpunn train --help lists them)"
+    )
