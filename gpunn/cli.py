@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import math
 import os
 import signal
 import sys
@@ -765,6 +766,13 @@ def _task_data(args: argparse.Namespace, source: Any, info: Any, model: str, com
 
     recorded = _data_source(info) if info is not None else None
     split = _load_split(source, comm)
+    if len(split.test[1]) == 0:  # floor(test * n) rows: refuse before training, not after
+        least = math.ceil(1 / source.test - 1e-9)  # the n with floor(test * n) >= 1
+        raise ValueError(
+            f"{source.name} has {_plural(split.n_samples, 'sample')}: too few to split "
+            f"{1 - source.val - source.test:.0%} / {source.val:.0%} / {source.test:.0%}, as its "
+            f"test part would be empty (give at least {least} samples)"
+        )
     if model == "lenet":
         split = _as_images(args, split, source, info)
     all_y = np.concatenate([split.train[1], split.val[1], split.test[1]])

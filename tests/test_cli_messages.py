@@ -222,3 +222,27 @@ def test_mlp_flags_with_lenet_read_as_a_sentence(capsys: pytest.CaptureFixture[s
         "gpunn train: --hidden sets up --model mlp; --model lenet uses the layers of its "
         "preset (gpunn train --help lists them)"
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Too little data is refused before training, saying how much is needed
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("rows", "refused"), [(2, True), (4, True), (5, False)])
+def test_a_file_too_small_to_split_is_refused_before_training(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path, rows: int, refused: bool
+) -> None:
+    lines = ["a,b,label"] + [f"{i / 10},{1 - i / 10},{i % 2}" for i in range(rows)]
+    (tmp_path / "tiny.csv").write_text("\n".join(lines) + "\n")
+    args = ("train", "--data", "tiny.csv", "--epochs", "1", "--quiet", "--save", "t.ckpt")
+    if not refused:  # 5 rows: 1 test row, 0 validation rows, 4 training rows
+        status, out, err = gpunn_cmd(capsys, *args)
+        assert status == 0 and "test accuracy" in out, err
+        return
+    line = error_line(capsys, 1, *args)
+    assert line == (
+        f"gpunn: error: {tmp_path / 'tiny.csv'} has {rows} samples: too few to split "
+        "70% / 10% / 20%, as its test part would be empty (give at least 5 samples)"
+    )
+    assert not (tmp_path / "t.ckpt").exists()
