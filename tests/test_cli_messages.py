@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -246,3 +247,33 @@ def test_a_file_too_small_to_split_is_refused_before_training(
         "70% / 10% / 20%, as its test part would be empty (give at least 5 samples)"
     )
     assert not (tmp_path / "t.ckpt").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# A missing optional package: the hint works in the clone the README sets up
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("hidden", "args", "extra"),
+    [
+        ("matplotlib", ["train", "--plot", "c.png", "--epochs", "1"], "plot"),
+        ("matplotlib", ["bench", "--backend", "numpy", "--model", "small"], "bench"),
+        ("mpi4py", ["train", "--distributed", "--epochs", "1", "--quiet"], "mpi"),
+    ],
+    ids=["train --plot", "bench", "train --distributed"],
+)
+def test_a_missing_extra_names_the_command_that_installs_it_in_a_clone(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    hidden: str,
+    args: list[str],
+    extra: str,
+) -> None:
+    """gpunn is installed from its clone (README, Quick start): `pip install 'gpunn[X]'` alone
+    finds no such package on PyPI, so each hint also gives the clone's command."""
+    for name in [m for m in list(sys.modules) if m.split(".")[0] == hidden]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, hidden, None)  # import raises ImportError
+    line = error_line(capsys, 1, *args)
+    assert f".venv/bin/pip install -e '.[{extra}]'" in line, line

@@ -53,7 +53,10 @@ __all__ = ["add_parser", "main", "run"]
 
 DEFAULT_MODELS = ",".join(MODELS)
 DEFAULT_OUT = "bench-out"
-PLOT_HINT = "pip install 'gpunn[bench]' (or 'gpunn[plot]'), or pass --no-plot to skip bench.png"
+PLOT_HINT = (
+    "pip install 'gpunn[bench]' (in a clone: .venv/bin/pip install -e '.[bench]'), or pass "
+    "--no-plot to skip bench.png"
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
