@@ -74,6 +74,10 @@ class UsageError(Exception):
     """A problem with the command line itself (exit status 2)."""
 
 
+class _InterruptReported(KeyboardInterrupt):
+    """Ctrl-C after training printed what it saved: exit status 130 with nothing more to say."""
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Help that shows each option's default, unless it has none or the help already says."""
 
@@ -1004,7 +1008,7 @@ def _train(
         )
     except KeyboardInterrupt:
         _save_interrupted(args, snapshot, model, optimizer, done, data_entry, rank0)
-        raise
+        raise _InterruptReported from None
     except MemoryError as exc:
         backend.free_memory_pool()
         raise RuntimeError(
@@ -1343,8 +1347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(str(exc), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("gpunn: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, _InterruptReported):
+            print("gpunn: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         if debug:

@@ -277,3 +277,37 @@ def test_a_missing_extra_names_the_command_that_installs_it_in_a_clone(
     monkeypatch.setitem(sys.modules, hidden, None)  # import raises ImportError
     line = error_line(capsys, 1, *args)
     assert f".venv/bin/pip install -e '.[{extra}]'" in line, line
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C during training: one line saying what was kept
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("save", [True, False], ids=["--save", "no --save"])
+def test_ctrl_c_in_training_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, save: bool
+) -> None:
+    from gpunn.training import loop
+
+    real_epoch, calls = loop._epoch, {"n": 0}
+
+    def epoch(*args: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 2:  # Ctrl-C arrives during the second epoch
+            raise KeyboardInterrupt
+        return real_epoch(*args)
+
+    monkeypatch.setattr(loop, "_epoch", epoch)
+    args = ["train", "--dataset", "blobs", "--epochs", "3", "--quiet"]
+    line = error_line(capsys, 130, *args, *(["--save", "m.ckpt"] if save else []))
+    if save:
+        assert line == (
+            "gpunn: interrupted; saved the weights after epoch 1 to m.ckpt (continue with "
+            "--resume m.ckpt)"
+        )
+    else:
+        assert line == (
+            "gpunn: interrupted after epoch 1: nothing saved (--save PATH keeps the finished "
+            "epochs)"
+        )
