@@ -642,8 +642,8 @@ def _train_backend(args: argparse.Namespace) -> tuple[Any, Any]:
         for w in caught:
             if "NumPy (CPU) backend" in str(w.message):
                 _note("no usable CUDA GPU, running on the CPU with NumPy ('gpunn info' says why)")
-            else:
-                _note(str(w.message))
+            else:  # the library's warnings name gpunn; the note says it already
+                _note(str(w.message).removeprefix("gpunn: "))
     return backend, comm
 
 

@@ -311,3 +311,24 @@ def test_ctrl_c_in_training_is_one_line(
             "gpunn: interrupted after epoch 1: nothing saved (--save PATH keeps the finished "
             "epochs)"
         )
+
+
+def test_a_warning_of_the_distributed_set_up_is_one_note(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library's warnings start 'gpunn: '; as a note that read 'note: gpunn: ...'."""
+    import warnings
+
+    from gpunn.training import distributed
+
+    def get_communicator(*args: object, **kwargs: object) -> object:  # no MPI in this process
+        warnings.warn("gpunn: this MPI job was not started with 'python -m mpi4py'", stacklevel=1)
+        return distributed.SingleProcess()
+
+    monkeypatch.setattr(distributed, "get_communicator", get_communicator)
+    monkeypatch.setattr(distributed, "rank_backend", lambda *a, **k: gpunn.get_backend("numpy"))
+    status, _, err = gpunn_cmd(
+        capsys, "train", "--distributed", "--dataset", "blobs", "--epochs", "1"
+    )
+    assert status == 0, err
+    assert err.splitlines() == ["note: this MPI job was not started with 'python -m mpi4py'"]
