@@ -95,6 +95,15 @@ def test_help_shows_the_default_of_every_option(
         assert str(action.default) in text, text
 
 
+def test_a_default_of_zero_is_shown_too() -> None:
+    """0 == False in Python: a check written `default not in (None, False)` hid it."""
+    parser = cli._Parser(prog="x")
+    parser.add_argument("--start", type=int, default=0, help="first index")
+    parser.add_argument("--flag", action="store_true", help="a switch")
+    text = parser.format_help()
+    assert "first index (default: 0)" in text and "(default: False)" not in text
+
+
 def test_bench_help_fits_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = gpunn_cmd(capsys, "bench", "--help")
     assert status == 0
