@@ -437,7 +437,7 @@ def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     like :func:`load_with_optimizer`.
     """
     reader = _Reader(pathlib.Path(path))
-    metadata = reader.header_metadata(reader.path.read_bytes())
+    metadata = reader.header_metadata(reader.read_bytes())
     meta = reader.decode(metadata)
     reader.layers(meta["architecture"])
     reader.optimizer_meta(meta["optimizer"])
@@ -466,8 +466,16 @@ class _Reader:
     def fail(self, problem: str) -> ValueError:
         return ValueError(f"{self.path}: {problem}")
 
+    def read_bytes(self) -> bytes:
+        """The file's bytes; a missing file or a folder is an OSError of one plain line."""
+        if self.path.is_dir():
+            raise IsADirectoryError(f"{self.path}: is a folder, not a checkpoint file")
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no such file")
+        return self.path.read_bytes()  # other OSErrors (permissions) name the file themselves
+
     def read(self, backend: str | Backend | None) -> tuple[Sequential, Optimizer | None, dict]:
-        data = self.path.read_bytes()  # OSError (with the file name) when missing/unreadable
+        data = self.read_bytes()
         metadata = self.header_metadata(data)
         try:
             tensors = safetensors.numpy.load(data)

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import difflib
+import math
 import os
 import signal
 import sys
@@ -71,6 +74,10 @@ class UsageError(Exception):
     """A problem with the command line itself (exit status 2)."""
 
 
+class _InterruptReported(KeyboardInterrupt):
+    """Ctrl-C after training printed what it saved: exit status 130 with nothing more to say."""
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """Help that shows each option's default, unless it has none or the help already says."""
 
@@ -79,7 +86,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
         if (
             "%(default)" not in text
             and "default" not in text
-            and action.default not in (None, False, argparse.SUPPRESS)
+            and not any(action.default is v for v in (None, False, argparse.SUPPRESS))  # 0 shows
             and action.option_strings
         ):
             text += " (default: %(default)s)"
@@ -92,9 +99,29 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
         super().__init__(*args, **kwargs)
+        self.commands: dict[str, argparse.ArgumentParser] = {}  # name -> subcommand parser
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(f"{self.prog}: {message} (see '{self.prog} --help')")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:
+        """argparse's, but an unknown flag is reported by the subcommand it was given to, with
+        the closest flag that command has (argparse would blame ``gpunn`` itself)."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser = self.commands.get(getattr(parsed, "command", None) or "", self)
+            flags = [f for f in parser._option_string_actions if f.startswith("--")]
+            near = [
+                difflib.get_close_matches(e.split("=")[0], flags, n=1)
+                for e in extras
+                if e.startswith("--")
+            ]
+            hint = ", ".join(m[0] for m in near if m)
+            parser.error(
+                f"unrecognized arguments: {' '.join(extras)}"
+                + (f" (did you mean {hint}?)" if hint else "")
+            )
+        return parsed
 
 
 # ------------------------------------------------------------------------------------------
@@ -438,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = bench_cli.add_parser(sub)  # sets args.func to its own handler
     bench.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -614,8 +642,8 @@ def _train_backend(args: argparse.Namespace) -> tuple[Any, Any]:
         for w in caught:
             if "NumPy (CPU) backend" in str(w.message):
                 _note("no usable CUDA GPU, running on the CPU with NumPy ('gpunn info' says why)")
-            else:
-                _note(str(w.message))
+            else:  # the library's warnings name gpunn; the note says it already
+                _note(str(w.message).removeprefix("gpunn: "))
     return backend, comm
 
 
@@ -689,13 +717,14 @@ def _check_model_flags(args: argparse.Namespace, model: str, source: Any, info: 
     usage errors (the image shape of a file is checked once it is read)."""
     from gpunn.datasets.source import IMAGE_SHAPES
 
-    where = f"{args.resume} is a {model} model" if info is not None else f"--model {model}"
+    article = "an" if model == "mlp" else "a"
+    where = f"{args.resume}, {article} {model} model," if info is not None else f"--model {model}"
     if model == "lenet":
         for flag, value in (("--hidden", args.hidden), ("--activation", args.activation)):
             if value is not None:
                 raise UsageError(
-                    f"gpunn train: {flag} sets up --model mlp; {where}, whose layers are its "
-                    "preset's (gpunn train --help lists them)"
+                    f"gpunn train: {flag} sets up --model mlp; {where} uses the layers of its "
+                    "preset (gpunn train --help lists them)"
                 )
         if source.dataset is not None and source.dataset not in IMAGE_SHAPES:
             images = ", ".join(IMAGE_SHAPES)
@@ -712,7 +741,7 @@ def _check_model_flags(args: argparse.Namespace, model: str, source: Any, info: 
             )
     elif args.input_shape is not None:
         raise UsageError(
-            f"gpunn train: --input-shape applies to --model lenet; {where}, which takes flat rows"
+            f"gpunn train: --input-shape applies to --model lenet; {where} takes flat rows"
         )
 
 
@@ -741,11 +770,20 @@ def _task_data(args: argparse.Namespace, source: Any, info: Any, model: str, com
 
     recorded = _data_source(info) if info is not None else None
     split = _load_split(source, comm)
+    if len(split.test[1]) == 0:  # floor(test * n) rows: refuse before training, not after
+        least = math.ceil(1 / source.test - 1e-9)  # the n with floor(test * n) >= 1
+        raise ValueError(
+            f"{source.name} has {_plural(split.n_samples, 'sample')}: too few to split "
+            f"{1 - source.val - source.test:.0%} / {source.val:.0%} / {source.test:.0%}, as its "
+            f"test part would be empty (give at least {least} samples)"
+        )
     if model == "lenet":
         split = _as_images(args, split, source, info)
     all_y = np.concatenate([split.train[1], split.val[1], split.test[1]])
     requested = args.task or (recorded.task if recorded is not None else None)
     task = infer_task(all_y, requested, where=source.name)
+    if args.task is None and recorded is not None:  # the user asked for nothing: say where from
+        task = dataclasses.replace(task, reason=f"as recorded in {args.resume}")
     if task.kind == "regression":  # whole-number targets become float for the squared error
         split.train, split.val, split.test = (
             (X, y.astype(np.float32)) for X, y in (split.train, split.val, split.test)
@@ -914,9 +952,10 @@ def _train(
         takes = model.input_shape or (model.in_features,)
         if model.out_features != task.outputs or tuple(takes) != sample:
             raise ValueError(
-                f"{args.resume} takes {_sample_text(takes)} to {model.out_features} "
-                f"outputs; {source.name} has {_sample_text(sample)} and needs "
-                f"{task.outputs} output(s) ({task.describe()})"
+                f"{args.resume} takes {_sample_text(takes)} to "
+                f"{_plural(model.out_features, 'output')}; {source.name} has "
+                f"{_sample_text(sample)} and needs {_plural(task.outputs, 'output')} "
+                f"({task.describe()})"
             )
     else:
         model = _make_model(settings, sample, task.outputs, backend, source.seed)
@@ -969,7 +1008,7 @@ def _train(
         )
     except KeyboardInterrupt:
         _save_interrupted(args, snapshot, model, optimizer, done, data_entry, rank0)
-        raise
+        raise _InterruptReported from None
     except MemoryError as exc:
         backend.free_memory_pool()
         raise RuntimeError(
@@ -1139,7 +1178,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     backend = _backend(args.backend, args.tf32)
     model = checkpoint.load(args.checkpoint, backend=backend)
-    X = _check_fits(model, X, task, args.checkpoint)
+    X = _check_fits(model, X, task, args.checkpoint, str(args.data or source.name))
     if task.kind == "regression":
         y = y.astype(np.float32)
     result = model.evaluate(X, y, loss=_loss(task))
@@ -1152,17 +1191,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_fits(model: Any, X: Any, task: Any, path: Path) -> Any:
-    """X (n, ...) shaped for the model, whose samples and labels must suit it (one clear line
-    if not)."""
-    X = _model_input(model, X, path)
+def _check_fits(model: Any, X: Any, task: Any, path: Path, data: str) -> Any:
+    """X (n, ...) shaped for the model of checkpoint ``path``, whose samples and labels must
+    suit it (one clear line naming the checkpoint and the ``data`` if not)."""
+    X = _model_input(model, X, path, data)
     _check_labels(model, task, path)
     return X
 
 
-def _model_input(model: Any, X: Any, path: Path) -> Any:
-    """X (n, ...) as the model takes it: flat rows for an MLP, (n, C, H, W) images for a CNN
-    (flat rows of as many values are read as its images, row by row)."""
+def _model_input(model: Any, X: Any, path: Path, data: str) -> Any:
+    """X (n, ...) as the model of checkpoint ``path`` takes it: flat rows for an MLP,
+    (n, C, H, W) images for a CNN (flat rows of as many values are read as its images, row by
+    row); a ValueError naming the checkpoint and the ``data`` when they do not fit."""
     takes = tuple(model.input_shape or (model.in_features,))
     size = 1
     for d in takes:
@@ -1170,11 +1210,11 @@ def _model_input(model: Any, X: Any, path: Path) -> Any:
     flat = X.reshape(len(X), -1)
     if X.ndim > 2 and len(takes) > 1 and tuple(X.shape[1:]) != takes:
         raise ValueError(
-            f"{path} takes {_sample_text(takes)}; the data holds {_sample_text(X.shape[1:])}"
+            f"{path} takes {_sample_text(takes)}; {data} holds {_sample_text(X.shape[1:])}"
         )
     if flat.shape[1] != size:
         have = _sample_text(X.shape[1:]) if X.ndim > 2 else f"{flat.shape[1]} features"
-        raise ValueError(f"{path} takes {_sample_text(takes)} per sample; the data has {have}")
+        raise ValueError(f"{path} takes {_sample_text(takes)} per sample; {data} has {have}")
     return flat.reshape(len(X), *takes)
 
 
@@ -1225,7 +1265,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     size = 1
     for d in takes:
         size *= int(d)
-    X = _model_input(model, load_features(args.data, size), args.data)
+    X = _model_input(model, load_features(args.data, size), args.checkpoint, str(args.data))
     if has_label_column(args.data, size):
         _note(
             f"{args.data} has {size + 1} columns and the model takes {size} values per "
@@ -1307,8 +1347,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(str(exc), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("gpunn: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        if not isinstance(exc, _InterruptReported):
+            print("gpunn: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
         if debug:

@@ -14,7 +14,10 @@ def plot_history(history: Any, path: str | Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise RuntimeError("writing a plot needs matplotlib: pip install 'gpunn[plot]'") from None
+        raise RuntimeError(
+            "writing a plot needs matplotlib: pip install 'gpunn[plot]' (in a clone: "
+            ".venv/bin/pip install -e '.[plot]')"
+        ) from None
     path = Path(path)
     metrics = [m for m in ("loss", "accuracy") if m in history.history]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)

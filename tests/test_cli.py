@@ -890,7 +890,10 @@ def test_a_lenet_checkpoint_is_evaluated_resumed_and_predicts_on_images(
     ("flags", "words"),
     [
         (["--model", "mlp"], ["--model mlp", "model is lenet"]),
-        (["--hidden", "32"], ["--hidden sets up --model mlp", "is a lenet model"]),
+        (
+            ["--hidden", "32"],
+            ["--hidden sets up --model mlp", "a lenet model, uses the layers of its preset"],
+        ),
         (["--activation", "tanh"], ["--activation sets up --model mlp"]),
         (["--input-shape", "1,28,28"], ["--input-shape 1x28x28", "input-shape is 1x8x8"]),
     ],

@@ -325,6 +325,24 @@ def test_offline_gives_download_instructions(monkeypatch, isolated):
     assert _leftovers(isolated / "mnist") == []
 
 
+def test_offline_names_every_file_still_missing(monkeypatch, isolated):
+    """One failed run lists all the files to fetch, not only the first."""
+    files, _ = _make_files()
+    _pin(monkeypatch, files)
+    folder = isolated / "mnist"
+    folder.mkdir(parents=True)
+    (folder / NAMES[2]).write_bytes(files[NAMES[2]])  # one already there: not asked for again
+    with pytest.raises(DatasetError) as info:
+        mnist()
+    also = str(info.value).splitlines()[-1]
+    assert also.startswith(f"MNIST also needs {NAMES[1]}, {NAMES[3]} in that folder"), also
+    for name in (NAMES[1], NAMES[3]):
+        (folder / name).write_bytes(files[name])
+    with pytest.raises(DatasetError) as info:  # the last one missing: nothing else to add
+        mnist()
+    assert "also needs" not in str(info.value)
+
+
 def test_bad_cached_file_is_reported_and_kept_when_offline(monkeypatch, isolated):
     files, _ = _make_files()
     _pin(monkeypatch, files)

@@ -53,7 +53,10 @@ __all__ = ["add_parser", "main", "run"]
 
 DEFAULT_MODELS = ",".join(MODELS)
 DEFAULT_OUT = "bench-out"
-PLOT_HINT = "pip install 'gpunn[bench]' (or 'gpunn[plot]'), or pass --no-plot to skip bench.png"
+PLOT_HINT = (
+    "pip install 'gpunn[bench]' (in a clone: .venv/bin/pip install -e '.[bench]'), or pass "
+    "--no-plot to skip bench.png"
+)
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -61,21 +64,24 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "bench",
         help="benchmark training and inference throughput (vs PyTorch and the GEMM limit)",
-        description=(
-            "Time the training step (forward, loss, backward, optimizer) and inference of ReLU "
-            "MLPs and LeNet-5 per backend and batch size, with the bare-GEMM limit and PyTorch "
-            "measured in the same run; print a table and write bench.json, bench.csv, "
+        description=(  # the main parser keeps line breaks in descriptions: break them here
+            "Time the training step (forward, loss, backward, optimizer) and inference of ReLU\n"
+            "MLPs and LeNet-5 per backend and batch size, with the bare-GEMM limit and PyTorch\n"
+            "measured in the same run; print a table and write bench.json, bench.csv,\n"
             "bench.md, bench.png."
         ),
     )
     p.add_argument(
         "--backend",
         default="auto",
-        help="comma list of numpy, cupy, cupy:N; 'auto' = numpy, plus cupy when a GPU is usable",
+        metavar="SPECS",
+        help="comma list of numpy, cupy, cupy:N; 'auto' = numpy, plus cupy when a GPU is usable "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--batch-sizes",
         default=None,
+        metavar="N,N,...",
         help="comma list of batch sizes (default: "
         f"{','.join(str(b) for b in DEFAULT_BATCH_SIZES)} for an MLP, "
         f"{','.join(str(b) for b in CONV_BATCH_SIZES)} for lenet5)",
@@ -87,6 +93,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         default=DEFAULT_MODELS,
+        metavar="MODELS",
         help=f"comma list of MLP presets ({mlps}), widths like 784-256-10, or CNN presets "
         f"({convs}: conv 6@5x5 pad 2, max-pool 2, conv 16@5x5, max-pool 2, 120, 84, 10) "
         "(default: the MLP presets)",
@@ -97,8 +104,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=("auto", "torch", "none"),
         help="PyTorch comparison: 'auto' (when installed, the default), 'torch', 'none'",
     )
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--optimizer", default="sgd", choices=tuple(OPTIMIZERS))
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "float64"),
+        help="parameter and data type (default: %(default)s)",
+    )
+    p.add_argument(
+        "--optimizer",
+        default="sgd",
+        choices=tuple(OPTIMIZERS),
+        help="update rule timed in the training step (default: %(default)s)",
+    )
     p.add_argument(
         "--cpu-baseline",
         metavar="JSON",
@@ -107,31 +124,48 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         default=DEFAULT_OUT,
+        metavar="DIR",
         help="output folder (default: %(default)s; the repository's committed results are in "
         "bench/results/, written only when asked for with --out bench/results)",
     )
     p.add_argument(
         "--budget",
         type=float,
+        metavar="SECONDS",
         default=Policy.budget_s,
         help="seconds of timing per callable per point before giving up on a small spread "
         "(default: %(default)s)",
     )
-    p.add_argument("--min-repeats", type=int, default=Policy.min_repeats)
+    p.add_argument(
+        "--min-repeats",
+        type=int,
+        default=Policy.min_repeats,
+        metavar="N",
+        help="timed repeats of each callable per point, at least (default: %(default)s)",
+    )
     p.add_argument(
         "--target-spread",
         type=float,
         default=Policy.target_spread,
-        help="stop repeating once interquartile range / median is below this",
+        metavar="FRACTION",
+        help="stop repeating once interquartile range / median is below this "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--settle",
         type=float,
+        metavar="SECONDS",
         default=Policy.settle_s,
         help="seconds of pause between gpunn's and PyTorch's turns, so idle worker threads of "
         "the other library stop spinning (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the weights and data (default: %(default)s)",
+    )
     p.add_argument("--no-plot", action="store_true", help="skip bench.png (needs no matplotlib)")
     p.set_defaults(func=run)
     return p

@@ -136,10 +136,33 @@ def _load(
 
 
 def _fetch(dataset: str, name: str, folder: Path) -> Path:
-    """Path to a verified local copy of ``name``, downloading it if needed."""
+    """Path to a verified local copy of ``name``, downloading it if needed; when that fails,
+    the error also names the data set's other files still missing, so that an offline user
+    fetches them all at once instead of learning of them one run at a time."""
     size, sha256 = FILES[dataset][name]
     urls = _urls(dataset, name)
-    return fetch(name, folder, size, sha256, urls, _TITLES[dataset], _URL_ENV[dataset])
+    try:
+        return fetch(name, folder, size, sha256, urls, _TITLES[dataset], _URL_ENV[dataset])
+    except DatasetError as err:
+        missing = [
+            other
+            for other, (other_size, _) in FILES[dataset].items()
+            if other != name and not _has_size(folder / other, other_size)
+        ]
+        if not missing:
+            raise
+        raise DatasetError(
+            f"{err}\n{_TITLES[dataset]} also needs {', '.join(missing)} in that folder (from the "
+            f"same place; sizes and SHA-256 digests in gpunn/datasets/idx.py)"
+        ) from err
+
+
+def _has_size(path: Path, size: int) -> bool:
+    """Whether ``path`` is a file of ``size`` bytes (a cheap stand-in for its digest)."""
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
 
 
 def _urls(dataset: str, name: str) -> list[str]:

@@ -80,7 +80,10 @@ COMM_ENV = "GPUNN_COMM"  # auto (default), mpi or nccl
 CUDA_AWARE_ENV = "GPUNN_CUDA_AWARE_MPI"  # 1: hand CuPy buffers to MPI directly
 THREADS_ENV = "GPUNN_THREADS_PER_RANK"  # N: BLAS/OpenMP threads per rank; unset or auto: divide
 KINDS = ("auto", "mpi", "nccl")
-INSTALL_HINT = "pip install 'gpunn[mpi]' (mpi4py and MPICH), or mpi4py built on your cluster's MPI"
+INSTALL_HINT = (
+    "pip install 'gpunn[mpi]' (mpi4py and MPICH; in a clone: .venv/bin/pip install -e '.[mpi]'), "
+    "or mpi4py built on your cluster's MPI"
+)
 
 #: ranks count as drifted apart when a parameter checksum differs across them by more than
 #: this share of the parameters' L1 norm. Ranks apply identical updates to identical sums, so
