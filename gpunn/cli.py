@@ -98,6 +98,9 @@ class _Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", _Formatter)
+        # no guessing: argparse would take --epoch for --epochs and --batch-size=4 for
+        # --batch-sizes 4; a flag is spelled out or refused with the closest one
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.commands: dict[str, argparse.ArgumentParser] = {}  # name -> subcommand parser
 

@@ -63,6 +63,23 @@ def test_an_unknown_flag_of_another_command_points_to_that_commands_help(
     assert "did you mean --batch-sizes?" in line
 
 
+@pytest.mark.parametrize(
+    ("args", "given", "meant"),
+    [
+        (("train", "--epoch", "3"), "--epoch 3", "--epochs"),
+        (("bench", "--batch-size=4"), "--batch-size=4", "--batch-sizes"),
+        (("train", "--hid", "32"), "--hid 32", "--hidden"),
+    ],
+)
+def test_an_abbreviated_flag_is_refused_not_guessed(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], given: str, meant: str
+) -> None:
+    # argparse would silently take a prefix for the whole flag (a 54 s sweep ran on
+    # --batch-size=4): the user must spell the flag out, and is told which one
+    line = error_line(capsys, 2, *args)
+    assert f"unrecognized arguments: {given} (did you mean {meant}?)" in line
+
+
 # --------------------------------------------------------------------------------------------
 # --help lists every default
 # --------------------------------------------------------------------------------------------
