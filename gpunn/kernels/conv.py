@@ -47,13 +47,20 @@ def element_strides(a: Array) -> tuple[int, ...]:
     return tuple(s // a.itemsize for s in a.strides)
 
 
-def _function(xp: Any, name: str) -> Any:
-    """The RawKernel ``name`` of the cached RawModule, looked up once (see softmax_xent.py)."""
+def _function(xp: Any, owner: str, name: str) -> Any:
+    """The RawKernel ``name``, looked up once (see softmax_xent.py) in the RawModule that kernel
+    ``owner`` ("col2im" or "max_pool2d_backward") built from conv.cu.
+
+    One RawModule object per fused kernel, so each self-check builds and launches its own (the
+    tests attribute launches to modules). CuPy compiles and loads the shared source only once:
+    its module cache is keyed by the code and options.
+    """
 
     def module() -> Any:
         return xp.RawModule(code=read_cu(CU_FILE), options=("--std=c++17",))
 
-    return cached(xp, f"{CU_FILE}:{name}", lambda: cached(xp, CU_FILE, module).get_function(name))
+    key = f"{CU_FILE}[{owner}]"
+    return cached(xp, f"{key}:{name}", lambda: cached(xp, key, module).get_function(name))
 
 
 def _order_args(xp: Any, dx: Array) -> tuple[Any, ...]:
@@ -115,7 +122,9 @@ def _build_col2im(xp: Any) -> Any:
             *(xp.int64(s) for s in col_strides),
             *(xp.int64(s) for s in element_strides(dx)),
         )
-        _function(xp, f"gpunn_col2im_{cols.dtype.name}")((grid_size(total),), (THREADS,), args)
+        _function(xp, "col2im", f"gpunn_col2im_{cols.dtype.name}")(
+            (grid_size(total),), (THREADS,), args
+        )
         return dx
 
     return col2im_fused
@@ -201,7 +210,7 @@ def _build_max_pool_backward(xp: Any) -> Any:
             *(xp.int64(s) for s in element_strides(out)),
         )
         name = f"gpunn_max_pool_backward_{dy.dtype.name}_{argmax.dtype.name}"
-        _function(xp, name)((grid_size(total),), (THREADS,), args)
+        _function(xp, "max_pool2d_backward", name)((grid_size(total),), (THREADS,), args)
         return out
 
     return max_pool2d_backward_fused
