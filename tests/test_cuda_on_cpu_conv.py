@@ -22,6 +22,7 @@ threads (the grid-stride loop).
 
 from __future__ import annotations
 
+import collections
 import functools
 from typing import Any
 
@@ -323,36 +324,40 @@ def lenet_like(backend: Any) -> gpunn.Sequential:
 
 def test_layers_dispatch_to_the_emulated_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     """An array module that runs conv.cu under the shim, registered as having the fused forms:
-    kernels.get picks them after their self-check, the CNN's backward launches them, and every
-    gradient equals the NumPy run's."""
+    kernels.get picks them after their self-check, one backward pass launches each where the
+    layers need it, and every gradient equals the NumPy run's."""
     xp = emulated_array_module(source_name=CU_FILE)  # its own RawModule cache and launch log
     monkeypatch.setattr(xp, "__name__", "emulated_cuda")
-    for name in ("col2im", "max_pool2d_backward"):
+    names = ("col2im", "max_pool2d_backward")
+    for name in names:
         previous = kernels.register_fused(name, "emulated_cuda", kernels.spec(name).build_fused)
         assert previous is None
     try:
-        X = rng(7).standard_normal((5, 1, 10, 10))
+        for name in names:  # the self-checks run here (and launch the kernels), not below
+            assert kernels.get(name, xp) is not kernels.reference(name)
+            assert kernels.outcomes()[f"{name}@emulated_cuda"].status == "fused"
+        X = rng(7).standard_normal((5, 1, 10, 10)).astype(np.float32)
         y = np.array([0, 1, 2, 1, 0])
-        grads = []
+        grads, ran = [], collections.Counter()
         for backend in (gpunn.get_backend("numpy"), Backend("numpy", None, xp)):
             model = lenet_like(backend)
             loss = gpunn.SoftmaxCrossEntropy()
-            logits = model.forward(backend.asarray(X.astype(np.float32)), training=True)
-            loss.forward(logits, backend.asarray(y))
+            loss.forward(model.forward(backend.asarray(X), training=True), backend.asarray(y))
+            for module in xp.raw_modules:
+                module.launches.clear()
             model.backward(loss.backward())
+            ran = collections.Counter(n for m in xp.raw_modules for n, _, _ in m.launches)
             grads.append(np.array(model.flat_grads))
-        outcomes = kernels.outcomes()
-        for name in ("col2im", "max_pool2d_backward"):
-            assert outcomes[f"{name}@emulated_cuda"].status == "fused", outcomes
-        ran = {name for m in xp.raw_modules for name, _, _ in m.launches}
-        assert {
-            "gpunn_col2im_float32",  # conv 2 (stride 2) and the self-check
-            "gpunn_max_pool_backward_float32_uint8",  # the conv + pool and the overlapping pool
-        } <= ran
+        # conv 1 runs its 2x2 pool itself (conv2d_maxpool2) and needs no dx; conv 2 (stride 2)
+        # runs conv2d_backward's col2im and unpools its overlapping pool (moved before ReLU)
+        assert ran == {
+            "gpunn_col2im_float32": 1,
+            "gpunn_max_pool_backward_float32_uint8": 2,
+        }
         np.testing.assert_array_equal(grads[1], grads[0])
         assert np.abs(grads[0]).max() > 0
     finally:
-        for name in ("col2im", "max_pool2d_backward"):
+        for name in names:
             kernels.register_fused(name, "emulated_cuda", None)
 
 
