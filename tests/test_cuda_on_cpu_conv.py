@@ -367,3 +367,15 @@ def test_project_self_checks_pass() -> None:
     for spec in (kc.COL2IM, kc.MAX_POOL2D_BACKWARD):
         worst = compare(spec.probe(spec.build_fused(xp), xp), spec.probe(spec.reference, np), np)
         assert worst == 0.0, spec.name
+
+
+def test_threads_walk_pixels_in_the_outputs_memory_order() -> None:
+    """The walk order handed to the kernels (a speed choice: neighbouring threads write
+    neighbouring addresses; the results do not depend on it, so only the choice is tested)."""
+    a = np.empty((2, 3, 4, 5))
+    assert kc.memory_order(a) == (0, 1, 2, 3)
+    assert kc.memory_order(np.empty((3, 4, 5, 2)).transpose(3, 0, 1, 2)) == (1, 2, 3, 0)
+    P, O = 7, 3  # conv2d_maxpool2's block view: (P, O, 2, 2) of (4*O, P) rows
+    blocks = np.empty((4 * O, P)).reshape(O, 2, 2, P).transpose(3, 0, 1, 2)
+    assert kc.memory_order(blocks) == (1, 2, 3, 0)
+    assert kc.memory_order(np.empty((1, 3, 1, 1))) == (0, 1, 2, 3)  # ties: axis order
