@@ -361,6 +361,25 @@ def test_layers_dispatch_to_the_emulated_kernels(monkeypatch: pytest.MonkeyPatch
             kernels.register_fused(name, "emulated_cuda", None)
 
 
+def test_gpunn_fused_0_gives_the_references_without_launching(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    xp = emulated_array_module(source_name=CU_FILE)
+    monkeypatch.setattr(xp, "__name__", "emulated_cuda_off")
+    monkeypatch.setenv("GPUNN_FUSED", "0")
+    names = ("col2im", "max_pool2d_backward")
+    for name in names:
+        kernels.register_fused(name, "emulated_cuda_off", kernels.spec(name).build_fused)
+    try:
+        for name in names:
+            assert kernels.get(name, xp) is kernels.reference(name)
+            assert kernels.outcomes()[f"{name}@emulated_cuda_off"].status == "reference"
+        assert xp.raw_modules == []  # nothing built, nothing launched
+    finally:
+        for name in names:
+            kernels.register_fused(name, "emulated_cuda_off", None)
+
+
 def test_project_self_checks_pass() -> None:
     """gpunn's own probes and tolerance (spec.compare) accept the emulated kernels, exactly."""
     xp = emulated_xp()
