@@ -34,11 +34,13 @@ __device__ __forceinline__ void gpunn_unravel(long long t, const GpunnOrder& o, 
 }
 
 // The window along one axis whose cell `cell` covers position p (padding already added):
-// returns -1 when none does (the division is not exact, or the window is out of range).
-__device__ __forceinline__ long long gpunn_window(long long p, int cell, int stride, int n_out) {
-    const long long d = p - cell;
+// returns -1 when none does (the division is not exact, or the window is out of range). In
+// 32-bit ints, since one image axis is far shorter than 2^31: a 64-bit division is a long
+// instruction sequence on a GPU, and this runs kh (or kw) times per pixel.
+__device__ __forceinline__ int gpunn_window(int p, int cell, int stride, int n_out) {
+    const int d = p - cell;
     if (d < 0 || d % stride != 0) return -1;
-    const long long q = d / stride;
+    const int q = d / stride;
     return q < n_out ? q : -1;
 }
 
@@ -57,13 +59,14 @@ __device__ void gpunn_col2im(const T* cols, T* dx, long long total, GpunnOrder o
     for (long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x; t < total; t += step) {
         long long idx[4];
         gpunn_unravel(t, o, idx);
-        const long long n = idx[0], c = idx[1], hp = idx[2] + ph, wp = idx[3] + pw;
+        const long long n = idx[0], c = idx[1];
+        const int hp = (int)idx[2] + ph, wp = (int)idx[3] + pw;
         T acc = 0;  // the references' zeroed workspace
         for (int i = 0; i < kh; ++i) {
-            const long long ho = gpunn_window(hp, i, sh, Ho);
+            const int ho = gpunn_window(hp, i, sh, Ho);
             if (ho < 0) continue;
             for (int j = 0; j < kw; ++j) {
-                const long long wo = gpunn_window(wp, j, sw, Wo);
+                const int wo = gpunn_window(wp, j, sw, Wo);
                 if (wo < 0) continue;
                 const long long row = (c * kh + i) * kw + j;
                 acc += cols[row * P + n * cs_n + ho * cs_ho + wo * cs_wo];
@@ -117,10 +120,10 @@ __device__ void gpunn_max_pool_backward(const T* dy, const I* argmax, T* dx, lon
         const long long n = idx[0], c = idx[1], h = idx[2], w = idx[3];
         T acc = 0;
         for (int i = 0; i < kh; ++i) {
-            const long long ho = gpunn_window(h, i, sh, Ho);
+            const int ho = gpunn_window((int)h, i, sh, Ho);
             if (ho < 0) continue;
             for (int j = 0; j < kw; ++j) {
-                const long long wo = gpunn_window(w, j, sw, Wo);
+                const int wo = gpunn_window((int)w, j, sw, Wo);
                 if (wo < 0) continue;
                 const I won = argmax[n * as_n + c * as_c + ho * as_h + wo * as_w];
                 const T g = dy[n * ys_n + c * ys_c + ho * ys_h + wo * ys_w];
