@@ -237,9 +237,11 @@ def test_ten_step_trajectories_match_torch_optim(name, spec, in_shape, opt):
     for i in bn_layers:
         assert rel(model.state[f"{i}.running_mean"], net[i].running_mean) <= TOL
         assert rel(model.state[f"{i}.running_var"], net[i].running_var) <= TOL
-    if bn_layers:  # and inference with the running statistics agrees too
+    if bn_layers:  # and inference with the running statistics agrees too; the noise-only
+        # biases above feed it (eval mode does not cancel them), so it gets their tolerance
         x, _ = batch(99, 4, in_shape)
-        assert rel(model.predict(x), net.eval()(torch.from_numpy(x)).detach()) <= TOL
+        tol = 1e-8 if noise_only and opt.startswith("adam") else TOL
+        assert rel(model.predict(x), net.eval()(torch.from_numpy(x)).detach()) <= tol
 
 
 def test_max_pool_ties_in_a_network_route_like_torch():
