@@ -9,6 +9,7 @@ one per ``evaluate``, none in ``predict``. Nothing here is a GPU result.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +123,36 @@ def test_to_gpu_1_moves_parameters_and_running_statistics(cp: Any) -> None:
     np.testing.assert_array_equal(on_gpu.flat_state.get(), model.flat_state)
     assert on_gpu.input_shape == (1, 8, 8)
     assert_all_on(cp, 1)
+
+
+def test_the_conv_kernels_self_checks_run_on_the_models_gpu(
+    cp: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With fused kernels on, Conv2D and MaxPool2D ask the dispatch for col2im and max-pool
+    backward on GPU 1, where the model is: each self-check launches conv.cu there, which the
+    emulation refuses (it runs no CUDA), so each warns naming cupy:1 and the reference is used;
+    the run still stays on GPU 1 and trains to the same numbers as with GPUNN_FUSED=0."""
+    X, y = data()
+    kw = dict(loss=gpunn.SoftmaxCrossEntropy(), epochs=1, batch_size=BATCH, verbose=0, seed=2)
+    gpunn.kernels.reset()
+    reference = cnn("cupy:1")
+    reference.fit(X, y, optimizer=gpunn.SGD(0.05), **kw)
+    monkeypatch.setenv("GPUNN_FUSED", "1")
+    gpunn.kernels.reset()
+    cp.emulation.reset_counts()
+    model = cnn("cupy:1")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.fit(X, y, optimizer=gpunn.SGD(0.05), **kw)
+    failed = [str(w.message) for w in caught if "self-check" in str(w.message)]
+    for name in ("col2im", "max_pool2d_backward"):
+        mine = [m for m in failed if f"'{name}'" in m]
+        assert len(mine) == 1 and "on cupy:1" in mine[0] and "EmulatedKernelError" in mine[0]
+        assert gpunn.kernels.outcomes()[f"{name}@cupy:1"].status == "failed"
+    launched = {(name, device) for name, device in cp.emulation.kernel_calls}
+    assert ("gpunn_col2im_float32", 1) in launched
+    assert ("gpunn_max_pool_backward_float32_uint8", 1) in launched
+    assert {device for _, device in launched} == {1}
+    np.testing.assert_array_equal(model.flat_params.get(), reference.flat_params.get())
+    assert_all_on(cp, 1)
+    gpunn.kernels.reset()

@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 
 import gpunn
+import gpunn.math.conv
+import gpunn.math.pool
 from gpunn import backend as backend_module
 from gpunn import kernels
 from gpunn.kernels.activation import ACTIVATIONS
@@ -174,6 +176,52 @@ def test_fused_binary_cross_entropy(gpu: gpunn.Backend, record: Record, column: 
         assert loss.shape == ()
         _check(gpu, loss, want_loss, dtype, record, "bce_loss")
         _check(gpu, dz, want_dz, dtype, record, "bce_dlogits")
+
+
+#: (x_shape, kernel, stride, padding): LeNet-5's and the digits CNN's col2im (conv + pool), and
+#: odd sizes with overlap; a large batch so that the grid is big
+CONV_CASES = (
+    ((256, 6, 14, 14), 6, 2, 0),
+    ((256, 32, 4, 4), 4, 2, 1),
+    ((3, 5, 11, 9), 3, (2, 1), (1, 0)),
+    ((1, 1, 5, 5), 5, 1, 2),
+)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_last", [False, True], ids=["nchw", "batch_last"])
+def test_fused_col2im(gpu: gpunn.Backend, record: Record, batch_last: bool, dtype: str) -> None:
+    """Each pixel's terms are added in the reference's order: equal up to FTZ and FMA."""
+    xp, fused = gpu.xp, kernels.fused("col2im", gpu.xp)
+    rng = np.random.default_rng(11)
+    for x_shape, k, s, p in CONV_CASES:
+        (kh, kw), (sh, sw), (ph, pw) = (gpunn.math.conv.pair(v) for v in (k, s, p))
+        N, C, H, W = x_shape
+        Ho, Wo = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+        cols = rng.standard_normal((C * kh * kw, N * Ho * Wo)).astype(dtype)
+        want = kernels.reference("col2im")(cols, x_shape, k, s, p, xp=np, batch_last=batch_last)
+        got = fused(xp.asarray(cols), x_shape, k, s, p, xp=xp, batch_last=batch_last)
+        _check(gpu, got, want, dtype, record, "col2im")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("x_shape", "k", "s"),
+    [((256, 6, 28, 28), 2, 2), ((7, 3, 9, 11), 3, 2), ((2, 2, 17, 18), 17, 1)],
+    ids=["lenet-2x2", "overlap-odd", "int32-argmax"],
+)
+def test_fused_max_pool_backward(
+    gpu: gpunn.Backend, record: Record, x_shape: tuple, k: int, s: int, dtype: str
+) -> None:
+    """Ties (integer inputs) included: the gradient goes where the forward's argmax says."""
+    xp, fused = gpu.xp, kernels.fused("max_pool2d_backward", gpu.xp)
+    rng = np.random.default_rng(12)
+    x = rng.integers(-2, 3, size=x_shape).astype(dtype)
+    _, argmax = gpunn.math.pool.max_pool2d_forward(x, k, s, xp=np)
+    dy = rng.standard_normal(argmax.shape).astype(dtype)
+    want = kernels.reference("max_pool2d_backward")(dy, argmax, x_shape, k, s, xp=np)
+    got = fused(xp.asarray(dy), xp.asarray(argmax), x_shape, k, s, xp=xp)
+    _check(gpu, got, want, dtype, record, "max_pool_backward")
 
 
 OPTIMIZER_CASES = {

@@ -20,6 +20,8 @@ softmax_cross_entropy       ``(z, y, *, xp) -> (loss, dz)``   forward and backwa
 binary_cross_entropy        ``(z, y, *, xp) -> (loss, dz)``
 sgd_update                  same signature as ``gpunn.math.optim.sgd_update`` (in place)
 adam_update                 same signature as ``gpunn.math.optim.adam_update`` (in place)
+col2im                      same signature as ``gpunn.math.conv.col2im``
+max_pool2d_backward         same signature as ``gpunn.math.pool.max_pool2d_backward``
 =========================== =================================================================
 """
 
@@ -34,6 +36,7 @@ from typing import Any
 from gpunn.kernels import activation, bce, updates
 from gpunn.kernels.activation import ACTIVATION_BACKWARD, BIAS_ACTIVATION_FORWARD
 from gpunn.kernels.bce import BINARY_CROSS_ENTROPY
+from gpunn.kernels.conv import COL2IM, MAX_POOL2D_BACKWARD
 from gpunn.kernels.softmax_xent import SOFTMAX_CROSS_ENTROPY
 from gpunn.kernels.spec import Elementwise, Impl, KernelSpec, compare
 from gpunn.kernels.updates import ADAM_UPDATE, SGD_UPDATE
@@ -66,6 +69,8 @@ _SPECS: dict[str, KernelSpec] = {
         BINARY_CROSS_ENTROPY,
         SGD_UPDATE,
         ADAM_UPDATE,
+        COL2IM,
+        MAX_POOL2D_BACKWARD,
     )
 }
 NAMES: tuple[str, ...] = tuple(_SPECS)

@@ -27,6 +27,7 @@ innermost, which makes the copies of im2col and col2im stream long contiguous ru
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 Array = Any  # a numpy.ndarray or a cupy.ndarray
@@ -219,6 +220,7 @@ def conv2d_backward(
     padded: Array | None = None,
     ones: Array | None = None,
     batch_last: bool = False,
+    col2im_impl: Callable[..., Array] | None = None,
 ) -> Array | None:
     """Write dL/dW (O, C, kh, kw) and dL/db (O,); return dL/dx (N, C, H, W) if ``need_dx``.
 
@@ -227,6 +229,8 @@ def conv2d_backward(
     ordered like cols, by a transpose that is a view when dy is stored that way (as
     conv2d_forward's output is) and a copy otherwise (into ``dz`` when given). ``dcols``,
     ``padded`` and ``ones`` ((P,) ones) are optional workspaces; ``db=None`` skips the bias.
+    ``col2im_impl`` computes col2im (None: :func:`col2im`; a layer passes the form that
+    ``gpunn.kernels.get`` chooses, which returns the same values).
     """
     O, C, kh, kw = W.shape
     N, _, Ho, Wo = dy.shape
@@ -244,6 +248,6 @@ def conv2d_backward(
     if not need_dx:
         return None  # a network's first layer: skip a GEMM and col2im nobody needs
     dcols = xp.matmul(Wm.T, dz, out=dcols)  # (K, O) @ (O, P) -> (K, P)
-    return col2im(
+    return (col2im_impl or col2im)(
         dcols, x_shape, (kh, kw), stride, padding, xp=xp, padded=padded, batch_last=batch_last
     )  # (N, C, H, W)

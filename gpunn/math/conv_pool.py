@@ -19,6 +19,7 @@ Floor mode comes out right by construction: a (Ho, Wo) output has Ho // 2 x Wo /
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gpunn.math.conv import Array, IntPair, col2im, im2col, output_size, pair
@@ -139,6 +140,8 @@ def conv2d_maxpool2_backward(
     dw4: Array | None = None,
     dcols: Array | None = None,
     padded: Array | None = None,
+    col2im_impl: Callable[..., Array] | None = None,
+    unpool_impl: Callable[..., Array] | None = None,
 ) -> Array | None:
     """Write dL/dW and dL/db; return dL/dx (N, C, H, W) if ``need_dx``. dy: (N, O, Ho//2, Wo//2).
 
@@ -147,6 +150,8 @@ def conv2d_maxpool2_backward(
     db = sum of dy (b was added to every block's maximum), dx = col2im(W4^T @ dz) with the
     (kh+1) x (kw+1) stride-2 patches. ``w4`` is the forward's expanded weights (made again
     when None); ``dz``, ``dw4``, ``dcols`` and ``padded`` are optional workspaces.
+    ``col2im_impl`` and ``unpool_impl`` compute col2im and max_pool2d_backward (None: those
+    functions; a layer passes the forms ``gpunn.kernels.get`` chooses, same values).
     """
     O, C, kh, kw = W.shape
     dy_rows = _nchw_as_rows(dy, batch_last)  # (O, P): a view when dy is stored like y
@@ -154,7 +159,7 @@ def conv2d_maxpool2_backward(
     P = dy_rows.shape[1]
     if dz is None:
         dz = xp.empty((4 * O, P), dtype=dy.dtype)  # (4*O, P)
-    max_pool2d_backward(
+    (unpool_impl or max_pool2d_backward)(
         dy_rows.T[:, :, None, None],  # (P, O, 1, 1)
         am_rows.T[:, :, None, None],
         (P, O, 2, 2),
@@ -173,6 +178,6 @@ def conv2d_maxpool2_backward(
     if w4 is None:
         w4 = expand_weights(W, xp=xp)
     dcols = xp.matmul(w4.reshape(4 * O, -1).T, dz, out=dcols)  # (K4, 4*O) @ (4*O, P) -> (K4, P)
-    return col2im(
+    return (col2im_impl or col2im)(
         dcols, x_shape, (kh + 1, kw + 1), 2, padding, xp=xp, padded=padded, batch_last=batch_last
     )  # (N, C, H, W)

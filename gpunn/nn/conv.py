@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpunn import kernels
 from gpunn.math.conv import IntPair, conv2d_backward, conv2d_forward, output_size, pair
 from gpunn.math.conv_pool import conv2d_maxpool2_backward, conv2d_maxpool2_forward
 from gpunn.nn.dense import INITS
@@ -269,6 +270,8 @@ class Conv2D(Layer):
                 dw4=self.workspace("dw4", self.w4.shape),
                 dcols=self.workspace("dcols4", self.cols.shape) if need_dx else None,
                 padded=dpadded,
+                col2im_impl=kernels.get("col2im", self.xp),  # one launch on CuPy
+                unpool_impl=kernels.get("max_pool2d_backward", self.xp),
             )
         if self.merged_pool is not None:
             dy = self.merged_pool.unpool(dy)
@@ -289,6 +292,7 @@ class Conv2D(Layer):
             padded=dpadded,
             ones=self._ones(P),
             batch_last=True,
+            col2im_impl=kernels.get("col2im", self.xp),  # one launch on CuPy
         )
 
     def _ones(self, n: int) -> Array:

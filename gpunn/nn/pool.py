@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from gpunn import kernels
 from gpunn.math.conv import IntPair, output_size, pair
 from gpunn.math.pool import (
     avg_pool2d_backward,
     avg_pool2d_forward,
-    max_pool2d_backward,
     max_pool2d_forward,
 )
 from gpunn.nn.conv import config_value, int_or_pair, pair_text
@@ -91,7 +91,8 @@ class MaxPool2D(Pool2D):
 
     def unpool(self, dy: Array) -> Array:
         """dx (N, C, H, W): each window's dy at its argmax cell (the backward of ``pool``)."""
-        return max_pool2d_backward(
+        unpool = kernels.get("max_pool2d_backward", self.xp)  # one launch on CuPy
+        return unpool(
             dy,
             self.argmax,
             self.x_shape,

@@ -33,7 +33,10 @@ import pytest
 #: against its reference, over the shapes of the parity tests: empty, one row, rows wider and
 #: narrower than the block, more rows than blocks, bad input. A new .cu file needs its own
 #: (tests/test_cuda_on_cpu_kernels.py fails until it is registered here).
-EMULATION_TESTS: dict[str, str] = {"softmax_xent.cu": "test_cuda_on_cpu_softmax_xent.py"}
+EMULATION_TESTS: dict[str, str] = {
+    "softmax_xent.cu": "test_cuda_on_cpu_softmax_xent.py",
+    "conv.cu": "test_cuda_on_cpu_conv.py",
+}
 
 
 def in_ci() -> bool:

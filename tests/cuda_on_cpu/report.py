@@ -17,6 +17,7 @@ CHECKS: dict[str, str] = {
     "test_cuda_on_cpu_nvrtc.py": "compiled as CuPy compiles them (NVRTC)",
     "test_cuda_on_cpu_shim.py": "run on the CPU under the CUDA shim",
     "test_cuda_on_cpu_softmax_xent.py": "run on the CPU under the CUDA shim",
+    "test_cuda_on_cpu_conv.py": "run on the CPU under the CUDA shim",
     "test_cuda_on_cpu_kernels.py": "run on the CPU under the CUDA shim",
     "test_cuda_on_cpu_names.py": "CuPy names checked against the installed CuPy",
 }
