@@ -1,6 +1,6 @@
 """Per-sample weights in the hand-written losses, multilabel binary cross-entropy, the Poisson
 deviance and the L2 penalty: float64 gradient checks, known identities, PyTorch as an oracle, and
-every backend (the `backend` fixture) including the names-only-CuPy-defines stand-in."""
+every backend (the `backend` fixture) including the device-rule emulation of CuPy."""
 
 from __future__ import annotations
 
@@ -258,6 +258,11 @@ def test_l2_penalty_takes_a_device_weight_sum(backend):
     grads = [backend.asarray(np.zeros((2, 2)))]
     l2_penalty_backward(W, grads, alpha=2.0, n=n, xp=backend.xp)
     np.testing.assert_allclose(backend.to_numpy(grads[0]), 0.5)
+    # with workspaces: the same gradient, accumulated (not overwritten), and the workspace used
+    work = [backend.asarray(np.full((2, 2), 7.0))]
+    l2_penalty_backward(W, grads, alpha=2.0, n=n, xp=backend.xp, work=work)
+    np.testing.assert_allclose(backend.to_numpy(grads[0]), 1.0)
+    np.testing.assert_allclose(backend.to_numpy(work[0]), 0.5)
 
 
 @pytest.mark.parametrize("name", ["softmax_cross_entropy", "binary_cross_entropy"])

@@ -598,7 +598,7 @@ def joblib_roundtrip(est):
 
 
 def test_a_gpu_estimator_unpickles_without_a_gpu(monkeypatch):
-    """Trained on (stand-in) CuPy, unpickled where CuPy does not work: "auto" falls back to
+    """Trained on (emulated) CuPy, unpickled where CuPy does not work: "auto" falls back to
     NumPy with gpunn's warning; an explicit "cupy" unpickles and raises only when used."""
     monkeypatch.setenv("GPUNN_FUSED", "0")  # the emulation runs no CUDA code
     with emulation.installed():
@@ -607,7 +607,7 @@ def test_a_gpu_estimator_unpickles_without_a_gpu(monkeypatch):
         explicit = clone(auto).set_params(backend="cupy", early_stopping=True)
         explicit.fit(X_IRIS, Y_IRIS)
         for est in (auto, explicit):
-            host_only(est.__getstate__())  # no (stand-in) CuPy array in the pickled state
+            host_only(est.__getstate__())  # no (emulated) CuPy array in the pickled state
         auto_bytes, explicit_bytes = pickle.dumps(auto), pickle.dumps(explicit)
         expected = auto.predict_proba(X_IRIS)
     backend_module._clear_probe_cache()
@@ -695,7 +695,7 @@ def test_sequential_round_trip():
 
 
 # ------------------------------------------------------------------------------------------
-# CuPy input: on the stand-in (always) and on a real GPU (tests marked gpu)
+# CuPy input: on the device-rule emulation (always) and on a real GPU (tests marked gpu)
 # ------------------------------------------------------------------------------------------
 
 
@@ -772,7 +772,7 @@ def test_cupy_partial_fit_multilabel_and_errors(fake_cupy):
 
 
 def test_second_gpu_allocates_on_its_own_device(fake_cupy):
-    """backend="cupy:1": every array is made with device 1 current (the stand-in raises when
+    """backend="cupy:1": every array is made with device 1 current (the emulation raises when
     an array of one device is used while another is current, as a GPU does)."""
     params = {"hidden_layer_sizes": (6,), "max_iter": 3, "random_state": 0}
     for solver in ("adam", "lbfgs"):

@@ -209,12 +209,22 @@ def l2_penalty_forward(weights: Sequence[Array], *, alpha: float, n: Any, xp: An
 
 
 def l2_penalty_backward(
-    weights: Sequence[Array], grads: Sequence[Array], *, alpha: float, n: Any, xp: Any
+    weights: Sequence[Array],
+    grads: Sequence[Array],
+    *,
+    alpha: float,
+    n: Any,
+    xp: Any,
+    work: Sequence[Array] | None = None,
 ) -> None:
-    """dW_l += alpha / n * W_l for each weight matrix, in place: d/dW (alpha/2n) ||W||^2."""
+    """dW_l += alpha / n * W_l for each weight matrix, in place: d/dW (alpha/2n) ||W||^2.
+
+    ``work``: optional arrays shaped like ``weights`` to hold alpha/n * W_l, so that a training
+    loop allocates nothing per step (a fresh temporary of a large W costs more than the multiply).
+    """
     scale = alpha / n  # a float, or a 0-d device array when n is a device sum of weights
-    for W, dW in zip(weights, grads, strict=True):
-        dW += scale * W
+    for i, (W, dW) in enumerate(zip(weights, grads, strict=True)):
+        dW += scale * W if work is None else xp.multiply(W, scale, out=work[i])
 
 
 # ------------------------------------------------------------------------------------------

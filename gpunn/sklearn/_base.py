@@ -332,10 +332,23 @@ class BaseMLP(BaseEstimator):
         loss = self._objective.forward(logits, yb, wb)  # weighted mean over the batch
         model.backward(self._objective.backward())
         if self.alpha:
-            weights = self._weights()
-            l2_penalty_backward(weights, self._weight_grads(), alpha=self.alpha, n=sw, xp=model.xp)
-            loss = loss + l2_penalty_forward(weights, alpha=self.alpha, n=sw, xp=model.xp)
+            weights, grads, work = self._l2_buffers()
+            xp = model.xp
+            l2_penalty_backward(weights, grads, alpha=self.alpha, n=sw, xp=xp, work=work)
+            loss = loss + l2_penalty_forward(weights, alpha=self.alpha, n=sw, xp=xp)
         return loss
+
+    def _l2_buffers(self) -> tuple[list[Array], list[Array], list[Array]]:
+        """The model's weight matrices, their gradients and one workspace each, made once per
+        model (the views stay valid: parameters live in the model's flat buffers)."""
+        cached = getattr(self, "_l2_cache", None)
+        if cached is None or cached[0] is not self._model:
+            model = self._model
+            with device_scope(model.backend):
+                work = [model.xp.empty_like(W) for W in self._weights()]
+            cached = (model, self._weights(), self._weight_grads(), work)
+            self._l2_cache = cached
+        return cached[1], cached[2], cached[3]
 
     # --- stochastic solvers -------------------------------------------------------------------
     def _fit_stochastic(self, data: TrainingData, Y: Any, incremental: bool) -> None:
@@ -719,8 +732,8 @@ class BaseMLP(BaseEstimator):
             self._ensure_model()  # weights assigned into coefs_ are part of the state
         state = dict(super().__getstate__())  # object.__getstate__ gives the live __dict__
         model = state.pop("_model", None)
-        for name in ("_objective", "_published"):
-            state.pop(name, None)  # rebuilt; the objective caches device arrays
+        for name in ("_objective", "_published", "_l2_cache"):
+            state.pop(name, None)  # rebuilt; they hold device arrays (and the model)
         best = state.pop("_best_params", None)
         if model is not None:
             layer_units = [model.layers[i].in_features for i in self._dense_keys(model)]
