@@ -6,9 +6,14 @@ device-rule emulation of CuPy (``gpunn.testing.fake_cupy``) everywhere.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
+
+# scikit-learn's array-API estimator check (tests/test_sklearn_checks.py) runs only when SciPy's
+# array API support is on, which SciPy reads once, at import: set it before anything imports it.
+os.environ.setdefault("SCIPY_ARRAY_API", "1")
 
 import pytest
 
