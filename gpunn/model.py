@@ -200,7 +200,11 @@ class Sequential:
         return {k: self.backend.to_numpy(v).copy() for k, v in self.params.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy parameters in (host or device arrays); every key and shape must match."""
+        """Copy parameters in (host or device arrays); every key and shape must match.
+
+        Everything is checked before anything is copied: a refused state leaves the model as
+        it was.
+        """
         if set(state) != set(self.params):
             missing, extra = set(self.params) - set(state), set(state) - set(self.params)
             raise ValueError(
@@ -212,6 +216,7 @@ class Sequential:
                     f"parameter {key} has shape {tuple(value.shape)}, "
                     f"the model expects {self.params[key].shape}"
                 )
+        for key, value in state.items():
             self.params[key][...] = self.backend.asarray(self.backend.to_numpy(value))
 
     def save(self, path: str | os.PathLike[str], optimizer: Any = None, **kwargs: Any) -> Path:
