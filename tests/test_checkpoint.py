@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import pickle
+import stat
 import subprocess
 import sys
 import textwrap
@@ -441,6 +442,27 @@ def test_missing_or_extra_tensors_are_refused(
     refuse(saved, match)
 
 
+@pytest.mark.parametrize("name", ["exp_avg", "exp_avg_sq"])
+def test_optimizer_state_of_another_dtype_is_refused(saved: pathlib.Path, name: str) -> None:
+    """float64 Adam state for a float32 model would silently change the update's precision
+    (and break a bitwise resume): refused like a parameter of the wrong dtype."""
+    tensors, _ = read_checkpoint(saved)
+    rewrite(saved, tensors={f"optim/{name}": tensors[f"optim/{name}"].astype(np.float64)})
+    refuse(saved, rf"optim/{name} is float64 \(\d+,\), the model needs float32")
+
+
+def test_a_header_longer_than_the_limit_is_refused_before_it_is_parsed(
+    saved: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The declared header length is bounded (MAX_HEADER, safetensors' own limit) before any
+    of it is read, so a file cannot make the loader parse an arbitrarily large header."""
+    length = int.from_bytes(saved.read_bytes()[:8], "little")
+    monkeypatch.setattr(ck, "MAX_HEADER", length - 1)
+    refuse(saved, f"header length {length}")
+    monkeypatch.setattr(ck, "MAX_HEADER", length)
+    ck.load_with_optimizer(saved, backend="numpy")  # at the limit: read as usual
+
+
 def test_optimizer_tensors_without_optimizer_metadata_are_refused(saved: pathlib.Path) -> None:
     rewrite(saved, meta={"optimizer": "null"})
     refuse(saved, "no optimizer metadata")
@@ -545,6 +567,29 @@ def test_failed_write_removes_the_temp_file_and_keeps_the_old_one(
 
     assert saved.read_bytes() == before
     assert temp_files(saved.parent) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX directories can be fsync'ed")
+def test_the_directory_is_fsynced_after_the_rename(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename is only durable once the directory entry is on disk: after os.replace the
+    directory itself is fsync'ed (the file's data was fsync'ed before the rename)."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append("replace")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    ck.save(make_model(), tmp_path / "m.safetensors")
+    assert events == ["fsync file", "replace", "fsync dir"]
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
