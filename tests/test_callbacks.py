@@ -170,6 +170,46 @@ def test_early_stopping_min_delta_and_mode() -> None:
     assert drive(EarlyStopping("loss", patience=0, mode="max"), [0.5, 0.6, 0.55], "loss") == 3
 
 
+def test_a_reused_early_stopping_forgets_the_previous_run() -> None:
+    """One EarlyStopping object given to a second fit starts from scratch: the best value,
+    the wait and the best weights of the first run do not carry over."""
+    stopper = EarlyStopping(patience=1)
+    assert drive(stopper, [1.0, 0.1, 0.2, 0.3]) == 3
+    assert drive(stopper, [0.8, 0.7, 0.6, 0.5]) is None  # improving: never stops
+    assert stopper.best_epoch == 4 and stopper.tracker.best == 0.5 and stopper.wait == 0
+    accuracy = EarlyStopping("val_accuracy", patience=0)
+    assert drive(accuracy, [0.5, 0.99, 0.9], "val_accuracy") == 3
+    assert drive(accuracy, [0.2, 0.3], "val_accuracy") is None
+
+
+def test_a_reused_early_stopping_keeps_nothing_of_the_previous_run_s_patience_or_weights() -> None:
+    """A run whose monitored value never improves (here NaN) must not count the previous run's
+    waiting epochs, nor restore the previous run's best weights at its end."""
+    stopper = EarlyStopping(patience=2)
+    assert drive(stopper, [1.0, 0.5, 0.6]) is None  # ends waiting 1 epoch, best weights kept
+    model = small_model()
+    model.flat_params[...] = 7.0
+    stopper.set_context(
+        {"model": model, "optimizer": None, "loss": None, "history": None, "steps_per_epoch": 1}
+    )
+    model.stop_training = False
+    stopper.on_train_begin()
+    stopper.on_epoch_end(1, {"val_loss": math.nan})
+    assert not model.stop_training and stopper.wait == 1
+    stopper.on_train_end()
+    assert np.all(host(model) == 7.0)
+
+
+def test_a_reused_early_stopping_restores_this_run_s_best_weights() -> None:
+    stopper = EarlyStopping(monitor="val_loss", patience=2, restore_best=True)
+    fit_overfitting([stopper], epochs=20)
+    recorder = Recorder()
+    model, history = fit_overfitting([recorder, stopper], epochs=20)
+    best = int(np.argmin(history["val_loss"])) + 1
+    assert stopper.best_epoch == best
+    np.testing.assert_array_equal(host(model), recorder.weights[best])
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -26,7 +26,7 @@ import pytest
 
 import gpunn
 from gpunn import checkpoint
-from gpunn.training import distributed
+from gpunn.training import Callback, ModelCheckpoint, distributed
 from gpunn.training.distributed import (
     MPICommunicator,
     NCCLCommunicator,
@@ -300,6 +300,57 @@ def test_fit_with_a_one_rank_communicator_is_plain_fit() -> None:
     np.testing.assert_array_equal(run(SingleProcess()), run(None))
 
 
+class LoggingComm(SingleProcess):
+    """One rank of a job of ``size`` ranks whose collectives do nothing but log themselves."""
+
+    def __init__(self, rank: int, size: int, log: list) -> None:
+        super().__init__()
+        self.rank, self.size, self.log = rank, size, log
+
+    def barrier(self) -> None:
+        self.log.append("barrier")
+
+
+class WritesFiles(ModelCheckpoint):
+    def __init__(self, log: list) -> None:
+        super().__init__("unused-{epoch}.safetensors")
+        self.log = log
+
+    def on_train_begin(self) -> None:
+        self.log.append("begin")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.log.append(f"save {epoch}")
+
+    def on_train_end(self) -> None:
+        self.log.append("end")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_no_rank_goes_on_before_rank_0_has_written_its_checkpoint(rank: int) -> None:
+    """Checkpoint callbacks run on rank 0 only, and every rank then waits at a barrier, so no
+    rank starts the next epoch (or exits) before the file is complete on disk."""
+    log: list = []
+    model = gpunn.Sequential([gpunn.Dense(3, 2)], backend="numpy")
+    comm = LoggingComm(rank, 2, log)
+    dp = distributed.DataParallel(comm, model, 10, 4, {})
+    plain = Callback()
+    wrapped = dp.wrap_callbacks([WritesFiles(log), plain])
+    assert wrapped[1] is plain  # callbacks that write nothing run everywhere, unwrapped
+    context = {"model": model, "optimizer": None, "loss": None, "history": None}
+    wrapped[0].set_context(context | {"steps_per_epoch": 3})
+    wrapped[0].on_train_begin()
+    for epoch in (1, 2):
+        wrapped[0].on_epoch_begin(epoch)
+        wrapped[0].on_batch_begin(0)
+        wrapped[0].on_epoch_end(epoch, {"loss": 1.0})
+    wrapped[0].on_train_end()
+    if rank == 0:
+        assert log == ["begin", "save 1", "barrier", "save 2", "barrier", "end", "barrier"]
+    else:
+        assert log == ["barrier", "barrier", "barrier"]
+
+
 # --------------------------------------------------------------------------------------------
 # Buffer handling with stand-ins for CuPy, MPI and NCCL
 # --------------------------------------------------------------------------------------------
@@ -421,6 +472,21 @@ def test_cuda_aware_mpi_is_switched_on_by_the_environment(
     assert MPICommunicator(FakeMPIComm([]), xp=FakeXP([])).cuda_aware
     monkeypatch.setenv(distributed.CUDA_AWARE_ENV, "0")
     assert not MPICommunicator(FakeMPIComm([]), xp=FakeXP([])).cuda_aware
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [("1", True), ("true", True), ("YES", True), (" on ", True), (" 1", True)]
+    + [("", False), ("0", False), ("no", False), ("False", False), ("off", False), ("2", False)],
+)
+def test_cuda_aware_mpi_environment_values(
+    mpi_needed: None, monkeypatch: pytest.MonkeyPatch, value: str, on: bool
+) -> None:
+    """GPUNN_CUDA_AWARE_MPI takes the usual spellings of a yes (1/true/yes/on, any case, spaces
+    around); anything else keeps the safe staged copy. An explicit argument wins."""
+    monkeypatch.setenv(distributed.CUDA_AWARE_ENV, value)
+    assert MPICommunicator(FakeMPIComm([]), xp=FakeXP([])).cuda_aware is on
+    assert MPICommunicator(FakeMPIComm([]), xp=FakeXP([]), cuda_aware=not on).cuda_aware is not on
 
 
 def test_non_contiguous_buffers_are_refused(mpi_needed: None) -> None:
