@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -190,6 +191,16 @@ OPTIMIZERS = {
     "adam": lambda: gpunn.Adam(lr=1e-2, beta1=0.8, beta2=0.99, eps=1e-7, weight_decay=1e-3),
     "adamw": lambda: gpunn.AdamW(lr=1e-2, weight_decay=0.05),
 }
+
+
+def test_tensor_digest_is_defined_on_little_endian_bytes() -> None:
+    """The checksum is over little-endian bytes, whatever the byte order in memory: the same
+    numbers held big-endian give the same digest (and other numbers another one)."""
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    big = a.astype(a.dtype.newbyteorder(">"))
+    assert big.tobytes() != a.tobytes()
+    assert ck.tensor_digest({"x": big}) == ck.tensor_digest({"x": a})
+    assert ck.tensor_digest({"x": a[::-1]}) != ck.tensor_digest({"x": a})
 
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
@@ -463,6 +474,47 @@ def test_a_header_longer_than_the_limit_is_refused_before_it_is_parsed(
     ck.load_with_optimizer(saved, backend="numpy")  # at the limit: read as usual
 
 
+def test_a_header_over_safetensors_limit_is_refused_by_its_length_alone(
+    tmp_path: pathlib.Path,
+) -> None:
+    """MAX_HEADER is safetensors' own bound (100,000,000 bytes): a header one byte longer is
+    refused from the 8-byte length field, before anything of it is parsed."""
+    path = tmp_path / "huge.safetensors"
+
+    def huge(n: int) -> None:  # a header of n zero bytes (not JSON), and 8 bytes of data
+        with open(path, "wb") as f:
+            f.write(n.to_bytes(8, "little"))
+            f.truncate(8 + n + 8)  # sparse: no disk space used
+
+    huge(ck.MAX_HEADER)  # at the bound safetensors reads the header (and finds no JSON)
+    with pytest.raises(safetensors.SafetensorError, match="invalid JSON in header"):
+        safetensors.numpy.load(path.read_bytes())
+    n = ck.MAX_HEADER + 1
+    huge(n)
+    with pytest.raises(safetensors.SafetensorError, match="header too large"):
+        safetensors.numpy.load(path.read_bytes())
+    refuse(path, f"header length {n}, file size {8 + n + 8}")
+
+
+def test_an_architecture_whose_widths_do_not_chain_is_refused(saved: pathlib.Path) -> None:
+    """Each Dense layer's tensors match its own config, but the second expects 12 inputs where
+    the first gives 16: the model cannot be built, and loading says so."""
+    arch = [
+        {"kind": "Dense", "config": {"in_features": 6, "out_features": 16, "init": None}},
+        {"kind": "Dense", "config": {"in_features": 12, "out_features": 3, "init": None}},
+    ]
+    tensors, _ = read_checkpoint(saved)
+    changes: dict[str, np.ndarray | None] = {name: None for name in tensors}
+    changes |= {
+        "model/0.W": np.zeros((6, 16), np.float32),
+        "model/0.b": np.zeros(16, np.float32),
+        "model/1.W": np.zeros((12, 3), np.float32),
+        "model/1.b": np.zeros(3, np.float32),
+    }
+    rewrite(saved, meta={"architecture": json.dumps(arch), "optimizer": "null"}, tensors=changes)
+    refuse(saved, "cannot build the model: layer 1 .* expects 12 inputs but gets 16")
+
+
 def test_optimizer_tensors_without_optimizer_metadata_are_refused(saved: pathlib.Path) -> None:
     rewrite(saved, meta={"optimizer": "null"})
     refuse(saved, "no optimizer metadata")
@@ -523,14 +575,41 @@ def test_non_finite_weights_are_refused_and_the_old_file_kept(
     train(model, opt, range(2))
     if where == "param":
         model.params["2.W"][1, 1] = np.nan
+        model.params["2.W"][0, 3] = -np.inf
+        what = r"parameter 2.W has 2 non-finite value"
     else:
         opt.state["exp_avg_sq"][0] = np.inf
+        what = r"optimizer state exp_avg_sq has 1 non-finite value"
 
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match=what):
         ck.save(model, saved, opt)
 
     assert saved.read_bytes() == before
     assert temp_files(saved.parent) == []
+
+
+@pytest.mark.parametrize("value", [1.5, True, "3", 2.0])
+@pytest.mark.parametrize("name", ["epoch", "step"])
+def test_epoch_and_step_must_be_ints(saved: pathlib.Path, name: str, value: Any) -> None:
+    before = saved.read_bytes()
+    with pytest.raises(ValueError, match=f"{name} must be an int or None, got {value!r}"):
+        ck.save(make_model(), saved, **{name: value})
+    assert saved.read_bytes() == before
+
+
+def test_an_optimizer_outside_the_allow_list_is_not_saved(saved: pathlib.Path) -> None:
+    """A subclass of an allowed optimizer is another optimizer: loading it as its base class
+    would silently change the update rule."""
+
+    class MyAdam(gpunn.Adam):
+        pass
+
+    before = saved.read_bytes()
+    model, opt = make_model(), MyAdam(lr=1e-2)
+    train(model, opt, range(1))
+    with pytest.raises(ValueError, match="cannot save optimizer MyAdam"):
+        ck.save(model, saved, opt)
+    assert saved.read_bytes() == before
 
 
 @pytest.mark.parametrize("extra", [{"x": float("nan")}, {"x": object()}])
@@ -586,10 +665,37 @@ def test_the_directory_is_fsynced_after_the_rename(
         events.append("replace")
         real_replace(src, dst)
 
-    monkeypatch.setattr(os, "fsync", fsync)
+    sizes: list[int] = []
+    real_fsync_file = fsync
+
+    def fsync_recording_size(fd: int) -> None:
+        sizes.append(os.fstat(fd).st_size)  # what the disk is asked to keep: all of it
+        real_fsync_file(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_recording_size)
     monkeypatch.setattr(os, "replace", replace)
-    ck.save(make_model(), tmp_path / "m.safetensors")
+    tiny = gpunn.Sequential([gpunn.Dense(1, 1)], backend="numpy")  # fits in a write buffer
+    path = ck.save(tiny, tmp_path / "m.safetensors")
+    assert path.stat().st_size < io.DEFAULT_BUFFER_SIZE
     assert events == ["fsync file", "replace", "fsync dir"]
+    assert sizes[0] == path.stat().st_size  # flushed before the fsync, not at close
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_saving_leaves_no_file_descriptor_open_and_the_umask_as_it_was(
+    tmp_path: pathlib.Path,
+) -> None:
+    model = make_model()
+    ck.save(model, tmp_path / "warm-up.safetensors")  # first-call imports open files of their own
+    open_before = len(os.listdir("/proc/self/fd"))
+    mask = os.umask(0o027)
+    try:
+        for i in range(3):
+            ck.save(model, tmp_path / f"m{i}.safetensors")  # new files: the umask is read
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(mask)
+    assert len(os.listdir("/proc/self/fd")) == open_before
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
