@@ -303,6 +303,45 @@ def test_truncated_files_are_refused(saved: pathlib.Path) -> None:
         refuse(saved, "empty|truncated|not a safetensors|not a gpunn")
 
 
+def test_each_kind_of_truncation_gets_its_own_message(saved: pathlib.Path) -> None:
+    """Cut at each place, the file is refused by the first check that can see the damage."""
+    data_bytes = saved.read_bytes()
+    n = int.from_bytes(data_bytes[:8], "little")
+    expected = {
+        0: "the file is empty",
+        1: "truncated: 1 bytes, too short for a safetensors header",
+        7: "truncated: 7 bytes, too short",
+        8: f"not a safetensors file or truncated: header length {n}, file size 8$",
+        9: f"header length {n}, file size 9$",
+        8 + n - 1: f"header length {n}, file size {8 + n - 1}$",
+        8 + n: "not a valid safetensors file",  # the header is whole, the tensors are cut
+        len(data_bytes) - 1: "not a valid safetensors file",
+    }
+    for cut, message in expected.items():
+        saved.write_bytes(data_bytes[:cut])
+        refuse(saved, message)
+
+
+def test_a_header_that_is_not_json_or_has_non_string_metadata_is_refused(
+    saved: pathlib.Path,
+) -> None:
+    data_bytes = saved.read_bytes()
+    n = int.from_bytes(data_bytes[:8], "little")
+    header, body = json.loads(data_bytes[8 : 8 + n]), data_bytes[8 + n :]
+
+    def write(text: bytes) -> None:
+        saved.write_bytes(len(text).to_bytes(8, "little") + text + body)
+
+    write(b"{" + b" " * (n - 1))
+    refuse(saved, "not a safetensors file: unreadable header")
+    write(b"\xff" * n)
+    refuse(saved, "not a safetensors file: unreadable header")
+    for value in (1, None, ["1"]):
+        header["__metadata__"]["format_version"] = value
+        write(json.dumps(header).encode())
+        refuse(saved, "metadata values must be strings")
+
+
 def test_trailing_bytes_are_refused(saved: pathlib.Path) -> None:
     saved.write_bytes(saved.read_bytes() + b"\0\0\0\0")
     refuse(saved, "not a valid safetensors file")
