@@ -399,6 +399,31 @@ def test_invalid_layer_config_is_refused(saved: pathlib.Path) -> None:
     arch[0]["config"]["evil"] = 1
     rewrite(saved, meta={"architecture": json.dumps(arch)})
     refuse(saved, r"layer 0 \(Dense\) has an invalid config")
+    for config in ([6, 16], "6,16", None):
+        arch[0]["config"] = config
+        rewrite(saved, meta={"architecture": json.dumps(arch)})
+        refuse(saved, r"layer 0 \(Dense\) config must be a JSON object")
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_rng_states_are_keyed_by_the_index_of_their_dropout_layer(
+    tmp_path: pathlib.Path, where: int
+) -> None:
+    """A Dropout layer at any index (0 included) gets its generator back; a key that is not
+    the index of a Dropout layer of this model (past the end, negative, not a number) is
+    refused, whatever layer happens to sit at the index a bad key might be read as."""
+    layers: list[gpunn.Layer] = [gpunn.Dense(4, 4), gpunn.Dense(4, 4)]
+    layers.insert(where, gpunn.Dropout(0.5))
+    model = gpunn.Sequential(layers, backend="numpy", seed=1)
+    x = np.ones((3, 4))
+    model.forward(x)  # the generator moves on from its seeded start
+    path = ck.save(model, tmp_path / "m.safetensors")
+    loaded = ck.load(path, backend="numpy")
+    assert same_bits(loaded.forward(x), model.forward(x))  # the next mask is the same one
+    state = json.loads(read_checkpoint(path)[1]["rng"])[str(where)]
+    for key in ("3", "-1", "x", "1.0", f" {where}"):
+        rewrite(path, meta={"rng": json.dumps({key: state})})
+        refuse(path, f"rng state for layer {key!r}, which is not a Dropout layer")
 
 
 @pytest.mark.parametrize(
