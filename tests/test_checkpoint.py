@@ -478,6 +478,56 @@ def test_unknown_optimizer_kind_is_refused(saved: pathlib.Path) -> None:
     refuse(saved, "unknown optimizer kind")
 
 
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ([], r"'optimizer' must be null or \{kind, hyperparams, step\}"),
+        ({"kind": "Adam", "step": 2}, r"'optimizer' must be null or \{kind, hyperparams, step\}"),
+        ({"kind": "Adam", "hyperparams": [], "step": 2}, "hyperparams must be a JSON object"),
+        ({"kind": "Adam", "hyperparams": "lr=1", "step": 2}, "hyperparams must be a JSON object"),
+    ],
+    ids=["a-list", "no-hyperparams", "hyperparams-list", "hyperparams-string"],
+)
+def test_malformed_optimizer_metadata_is_refused(
+    saved: pathlib.Path, entry: Any, match: str
+) -> None:
+    rewrite(saved, meta={"optimizer": json.dumps(entry)})
+    refuse(saved, match)
+
+
+def test_an_optimizer_that_has_stepped_once_needs_all_its_state(tmp_path: pathlib.Path) -> None:
+    """After one step the moments exist: a file without them is incomplete, not "fresh"."""
+    model, opt = make_model(), gpunn.Adam(lr=1e-2)
+    train(model, opt, range(1))
+    path = ck.save(model, tmp_path / "one-step.safetensors", opt)
+    assert ck.load_with_optimizer(path, backend="numpy")[1].step_count == 1
+    rewrite(path, tensors={"optim/exp_avg_sq": None})
+    refuse(path, r"Adam state tensors \['exp_avg'\] do not match .* after 1 steps")
+
+
+def test_rng_state_entries_must_be_objects_and_fit_the_generator(saved: pathlib.Path) -> None:
+    _, meta = read_checkpoint(saved)
+    state = json.loads(meta["rng"])["3"]
+    rewrite(saved, meta={"rng": json.dumps({"3": [state]})})
+    refuse(saved, "rng state for layer 3 must be a JSON object")
+    rewrite(saved, meta={"rng": json.dumps({"3": state | {"bit_generator": "MT19937"}})})
+    refuse(saved, "invalid rng state for layer 3")
+
+
+def test_rng_states_are_skipped_for_generators_that_are_not_numpy_s() -> None:
+    """Masks drawn on CuPy are not portable: a NumPy state saved for a Dropout layer is not
+    forced onto another kind of generator (the CuPy one, here a stand-in)."""
+
+    class OtherGenerator:
+        """Has no NumPy bit generator to set."""
+
+    model = gpunn.Sequential([gpunn.Dropout(0.5), gpunn.Dense(3, 2)], backend="numpy")
+    state = model.layers[0].rng.bit_generator.state
+    other = model.layers[0].rng = OtherGenerator()
+    ck._Reader(pathlib.Path("m.safetensors")).restore_rng(model, {"0": state})
+    assert model.layers[0].rng is other and not vars(other)
+
+
 def test_bad_optimizer_hyperparams_are_refused(saved: pathlib.Path) -> None:
     opt = json.loads(read_checkpoint(saved)[1]["optimizer"])
     opt["hyperparams"]["lr"] = -1.0
