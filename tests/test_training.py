@@ -393,6 +393,39 @@ def test_chunked_run_matches_the_all_at_once_run(
     assert history["accuracy"] == ref_history["accuracy"]
 
 
+@pytest.mark.parametrize(
+    ("free", "batch_size", "chunks"),
+    [
+        (2 * N * (D * 8 + 8), 8, [N]),  # half the free memory: it fits, moved once
+        (2 * N * (D * 8 + 8) - 1, 8, [48, 2]),  # a byte less: 49 rows fit, 6 whole batches
+        (2 * 37 * (D * 8 + 8), 8, [32, 18]),  # 37 rows fit: chunks of 4 whole batches
+        (2 * 16 * (D * 8 + 8), 5, [15, 15, 15, 5]),
+        (2 * 3 * (D * 8 + 8), 8, [8] * 6 + [2]),  # less than a batch fits: a batch at a time
+        (0, 1, [1] * N),  # nothing fits: one row at a time
+    ],
+    ids=["fits", "just-too-big", "37-rows", "16-rows-batch-5", "3-rows", "nothing"],
+)
+def test_data_fits_under_half_the_free_memory_else_moves_in_chunks_of_whole_batches(
+    monkeypatch: pytest.MonkeyPatch, free: int, batch_size: int, chunks: list[int]
+) -> None:
+    """A row of X costs D * itemsize + 8 bytes (its int64 label). The data set goes to the
+    device whole when it takes at most half the free memory; otherwise each chunk holds as
+    many whole batches as fit in that half (at least one batch)."""
+    backend = gpunn.get_backend("numpy")
+    monkeypatch.setattr(backend, "free_memory", lambda: free)
+    X, y = make_data()
+    moved = count_calls(monkeypatch, backend, "asarray")
+    data = training.DeviceData(backend, X, y, np.dtype("float64"), np.int64)
+    order = np.random.default_rng(0).permutation(N)
+    batches = list(data.batches(order, batch_size))
+    assert [a.shape[0] for a in moved if a.ndim == 2] == chunks  # the transfers of X
+    assert [len(xb) for xb, _ in batches] == [
+        len(range(N)[i : i + batch_size]) for i in range(0, N, batch_size)
+    ]
+    np.testing.assert_array_equal(np.concatenate([xb for xb, _ in batches]), X[order])
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in batches]), y[order])
+
+
 # --------------------------------------------------------------------------------------------
 # No host/device synchronisation per batch
 # --------------------------------------------------------------------------------------------
