@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from gpunn import backend as backend_module
 from gpunn.errors import NonFiniteLossError
 from gpunn.training import loop as training
 from gpunn.training.callbacks import Callback
+from gpunn.training.distributed import SingleProcess
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -179,6 +181,68 @@ def test_zero_epochs_changes_nothing() -> None:
     history = fit_small(model, epochs=0)
     assert history.epoch == [] and history.history == {}
     np.testing.assert_array_equal(host(model), before)
+
+
+def test_epoch_seconds_come_from_the_clock_around_the_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """epoch_seconds is the clock's advance over the epoch, samples_per_second N divided by
+    it; a clock too coarse to move during an epoch gives an infinite rate, not an error."""
+    ticks = itertools.count(start=100.0, step=0.25)  # each read of the clock: 0.25 s later
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(ticks))
+    history = fit_small(make_model(), epochs=2)
+    assert history["epoch_seconds"] == [0.25, 0.25]
+    assert history["samples_per_second"] == [N / 0.25, N / 0.25]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: 7.0)
+    history = fit_small(make_model(), epochs=1)
+    assert history["epoch_seconds"] == [0.0] and history["samples_per_second"] == [math.inf]
+
+
+# --------------------------------------------------------------------------------------------
+# fit on one rank of a data-parallel run (a stand-in communicator; real MPI jobs are in
+# test_distributed.py)
+# --------------------------------------------------------------------------------------------
+
+
+class LoneRank(SingleProcess):
+    """Rank ``rank`` of a job of ``size`` ranks whose partners add nothing: every collective
+    leaves the buffer as it is. What fit does on this one rank can then be checked alone."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        super().__init__()
+        self.rank, self.size = rank, size
+
+
+def test_only_rank_0_prints_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    for rank, prints in ((0, True), (1, False)):
+        fit_small(make_model(), epochs=1, verbose=1, comm=LoneRank(rank, 2))
+        assert ("epoch 1/1" in capsys.readouterr().out) is prints
+
+
+def test_a_rank_s_shard_gradient_counts_by_its_share_of_the_global_batch() -> None:
+    """Rank 0 of 2 takes rows 0-1 of each 4-row batch; its mean gradient over them is scaled
+    by 2/4 before the all-reduce (to which, here, no other rank adds). With plain SGD that is
+    training on those two rows at half the learning rate, bit for bit."""
+    X, y = make_data(4)
+    ranked, alone = make_model(), make_model()
+    common = {"epochs": 3, "shuffle": False}
+    fit_small(ranked, X, y, batch_size=4, optimizer=gpunn.SGD(0.2), comm=LoneRank(0, 2), **common)
+    fit_small(alone, X[:2], y[:2], batch_size=2, optimizer=gpunn.SGD(0.1), **common)
+    np.testing.assert_array_equal(host(ranked), host(alone))
+
+
+def test_a_rank_with_an_empty_shard_adds_zero_gradients() -> None:
+    """A one-row batch over 2 ranks leaves rank 1 no rows: it must add zeros to the
+    all-reduce, not the gradients left in its buffer before (scaling them by its share, 0,
+    is not enough: a stale NaN stays NaN)."""
+    X, y = make_data(1)
+    for stale in (1.0, np.nan):
+        model = make_model()
+        model.flat_grads[...] = stale
+        before = host(model)
+        optimizer = gpunn.SGD(0.1)
+        fit_small(model, X, y, epochs=2, batch_size=1, optimizer=optimizer, comm=LoneRank(1, 2))
+        np.testing.assert_array_equal(host(model), before)
 
 
 # --------------------------------------------------------------------------------------------
