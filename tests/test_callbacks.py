@@ -520,6 +520,13 @@ def test_cosine_lr_warms_up_then_decays() -> None:
     assert min(lrs) > 0.01
 
 
+def test_cosine_lr_warm_up_of_two_epochs_rises_over_both() -> None:
+    lrs, _ = lrs_of(CosineLR(epochs=4, warmup_epochs=2), epochs=4, n=8, batch_size=4)
+    assert lrs[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1], rel=1e-12)  # 2 batches an epoch
+    expected = [cosine_reference(i / 2, 0.1, 2.0, 4, 0.0, 2) for i in range(8)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+
+
 def test_cosine_lr_without_warmup_and_past_its_end() -> None:
     lrs, _ = lrs_of(CosineLR(epochs=2, min_lr=0.02), epochs=3, n=8, batch_size=4)
     assert lrs[0] == pytest.approx(0.1, rel=1e-12)  # starts at the base lr

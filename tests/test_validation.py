@@ -300,3 +300,32 @@ def test_check_functions_return_clean_arrays() -> None:
     assert y.shape == (2,) and y.dtype == np.int64
     assert check_batch_size(None) is None
     assert check_batch_size(7) == 7
+
+
+def test_the_largest_float32_number_itself_is_accepted_for_a_float32_model() -> None:
+    """Values up to the largest finite float32 convert without becoming inf; only larger
+    ones are refused. Data already in the model's dtype (or narrower) needs no range check,
+    and without a dtype no limit applies (and nothing warns)."""
+    biggest = float(np.finfo(np.float32).max)
+    X = np.full((2, 2), biggest, dtype=np.float64)
+    assert check_x(X, 2, dtype="float32").dtype == np.float64
+    with pytest.raises(ValueError, match="beyond"):
+        check_x(np.nextafter(X, np.inf), 2, dtype="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_x(np.full((2, 2), 1e300), 2) is not None
+        assert check_x(np.full((2, 2), 1e300), 2, dtype="float64") is not None
+
+
+def test_regression_targets_of_several_outputs_and_targets_without_a_loss() -> None:
+    y = np.arange(N * K, dtype=np.float64).reshape(N, K)
+    np.testing.assert_array_equal(check_y(y, N, gpunn.MeanSquaredError(), K), y)
+    with pytest.raises(ValueError, match=rf"\({N}, {K}\)"):
+        check_y(y[:, :1], N, gpunn.MeanSquaredError(), K)
+    labels = np.arange(N) % K  # no loss given: only the generic checks apply
+    np.testing.assert_array_equal(check_y(labels, N, None, K), labels)
+
+
+def test_ragged_targets_are_not_a_numeric_array() -> None:
+    with pytest.raises(ValueError, match="y must be a numeric array"):
+        check_y([[0, 1], [2]], 2, gpunn.SoftmaxCrossEntropy(), 3)
