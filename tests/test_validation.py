@@ -329,3 +329,12 @@ def test_regression_targets_of_several_outputs_and_targets_without_a_loss() -> N
 def test_ragged_targets_are_not_a_numeric_array() -> None:
     with pytest.raises(ValueError, match="y must be a numeric array"):
         check_y([[0, 1], [2]], 2, gpunn.SoftmaxCrossEntropy(), 3)
+
+
+def test_binary_labels_may_come_as_a_column() -> None:
+    column = (np.arange(N) % 2).reshape(N, 1)
+    y = check_y(column, N, gpunn.BinaryCrossEntropy(), 1)
+    assert y.shape == (N,)
+    np.testing.assert_array_equal(y, column[:, 0])
+    with pytest.raises(ValueError, match=r"shape \(N,\), found shape \(10, 2\)"):
+        check_y(np.zeros((N, 2)), N, gpunn.BinaryCrossEntropy(), 1)
