@@ -134,3 +134,48 @@ def test_format_logs() -> None:
         "loss 0.1235  accuracy 0.9700  val_loss 1.5000  val_accuracy 0.5000  1,234,568 samples/s"
     )
     assert format_logs({"loss": 2.0}) == "loss 2.0000"
+
+
+def test_the_bar_advances_by_each_batch_s_samples_and_stays_after_training(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mid-epoch the bar shows the samples done so far (fit advances it by each batch's rows);
+    at the end of training the bars are kept on screen (not transient) and the live display
+    is stopped."""
+    monkeypatch.setattr(sys, "stdout", FakeTerminal())
+    advanced: list[int] = []
+    original = Progress.advance
+
+    def spy(self: Progress, n: int) -> None:
+        advanced.append(n)
+        original(self, n)
+
+    monkeypatch.setattr(Progress, "advance", spy)
+    fit(verbose=1, epochs=2)  # 64 samples of 4 features, batches of 16
+    assert advanced == [16] * 4 * 2
+    monkeypatch.setattr(Progress, "advance", original)
+
+    progress = Progress(1, 3, steps=2, samples=10)
+    assert progress.bar is not None and not progress.bar.live.transient
+    with progress as entered:
+        assert entered is progress and progress.bar.live.is_started
+        progress.start_epoch(1)
+        progress.advance(4)
+        assert progress.bar.tasks[0].completed == 4
+    assert not progress.bar.live.is_started
+
+
+def test_plain_lines_are_flushed_as_each_epoch_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log piped to a file or `tee` shows each epoch when it ends, not when Python's buffer
+    fills."""
+
+    class Log(io.StringIO):
+        flushed: list[str] = []
+
+        def flush(self) -> None:
+            self.flushed.append(self.getvalue())
+
+    log = Log()
+    monkeypatch.setattr(sys, "stdout", log)
+    fit(verbose=1, epochs=2)
+    assert [text.count("\n") for text in log.flushed if text] == [1, 2]

@@ -338,3 +338,20 @@ def test_binary_labels_may_come_as_a_column() -> None:
     np.testing.assert_array_equal(y, column[:, 0])
     with pytest.raises(ValueError, match=r"shape \(N,\), found shape \(10, 2\)"):
         check_y(np.zeros((N, 2)), N, gpunn.BinaryCrossEntropy(), 1)
+
+
+def test_a_batch_size_of_1_is_allowed() -> None:
+    assert check_batch_size(1) == 1
+    call, _ = fit_with(classifier(), batch_size=1)
+    assert len(call().epoch) == 2
+
+
+def test_wrong_binary_labels_are_listed_up_to_five_from_the_first_thousand() -> None:
+    """The message names a few wrong values (five at most, sorted) found among the first
+    thousand wrong labels, so that a huge array costs no more than a small one to report."""
+    many = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0])
+    with pytest.raises(ValueError, match=r"7 other value\(s\) such as 3, 4, 5, 6, 7$"):
+        check_y(many, 7, gpunn.BinaryCrossEntropy(), 1)
+    late = np.concatenate([np.full(1000, 5.0), [2.0]])
+    with pytest.raises(ValueError, match=r"1001 other value\(s\) such as 5$"):
+        check_y(late, 1001, gpunn.BinaryCrossEntropy(), 1)
