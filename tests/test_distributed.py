@@ -287,6 +287,26 @@ def test_a_single_process_is_a_job_of_one_rank() -> None:
     assert forced.allreduce_sum(buf) is buf and buf.tolist() == [0, 1, 2, 3]
 
 
+def test_the_communicator_interface_and_the_single_process_one() -> None:
+    """Every collective is abstract on the base class; one process's collectives hand the same
+    buffer back untouched. A communicator starts as rank 0 of 1 (local rank 0), says why it
+    was chosen in ``reason`` and names itself with its rank and size."""
+    base = distributed.Communicator()
+    assert (base.rank, base.size, base.local_rank, base.reason) == (0, 1, 0, "")
+    buf = np.arange(3.0)
+    for call in (base.allreduce_sum, base.allreduce_max, base.bcast):
+        with pytest.raises(NotImplementedError):
+            call(buf)
+    with pytest.raises(NotImplementedError):
+        base.barrier()
+    single = SingleProcess()
+    assert repr(single) == "SingleProcess(rank=0, size=1)"
+    assert (single.local_rank, single.reason) == (0, "")
+    for call in (single.allreduce_sum, single.allreduce_max, single.bcast):
+        assert call(buf) is buf
+    assert buf.tolist() == [0.0, 1.0, 2.0] and single.barrier() is None
+
+
 def test_fit_with_a_one_rank_communicator_is_plain_fit() -> None:
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((50, 3)), rng.integers(0, 2, 50)
@@ -487,6 +507,55 @@ def test_cuda_aware_mpi_environment_values(
     monkeypatch.setenv(distributed.CUDA_AWARE_ENV, value)
     assert MPICommunicator(FakeMPIComm([]), xp=FakeXP([])).cuda_aware is on
     assert MPICommunicator(FakeMPIComm([]), xp=FakeXP([]), cuda_aware=not on).cuda_aware is not on
+
+
+class NodeComm:
+    """What Split_type(COMM_TYPE_SHARED) returns: this process is local rank 1 on its node."""
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def Get_rank(self) -> int:
+        return 1
+
+    def Free(self) -> None:
+        self.log.append("Free")
+
+
+class RecordingMPIComm(FakeMPIComm):
+    """FakeMPIComm that also records roots, barriers and the node split."""
+
+    def Split_type(self, *args: Any, **kwargs: Any) -> NodeComm:
+        self.log.append(("Split_type", kwargs.get("key")))
+        return NodeComm(self.log)
+
+    def Bcast(self, buf: Any, root: int = 0) -> None:
+        self.log.append(("Bcast", root))
+
+    def Barrier(self) -> None:
+        self.log.append("Barrier")
+
+
+def test_mpi_communicator_collectives_on_host_buffers(mpi_needed: None) -> None:
+    """Host buffers go to MPI as they are and come back as the same object; bcast's root is
+    rank 0 unless given; the local rank comes from the node's shared-memory split (which is
+    freed again); barrier is MPI's."""
+    log: list = []
+    comm = MPICommunicator(RecordingMPIComm(log), xp=None, cuda_aware=False)
+    assert (comm.rank, comm.size, comm.local_rank, comm.reason) == (0, 2, 1, "")
+    assert log == [("Split_type", 0), "Free"]
+    buf = np.ones(3)
+    assert comm.allreduce_sum(buf) is buf and buf.tolist() == [2.0, 2.0, 2.0]
+    assert comm.allreduce_max(buf) is buf
+    assert comm.bcast(buf) is buf and comm.bcast(buf, root=1) is buf
+    comm.barrier()
+    assert log[2:] == [
+        ("Allreduce", "ndarray"),
+        ("Allreduce", "ndarray"),
+        ("Bcast", 0),
+        ("Bcast", 1),
+        "Barrier",
+    ]
 
 
 def test_non_contiguous_buffers_are_refused(mpi_needed: None) -> None:
