@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 from subprocess import PIPE
@@ -535,6 +536,10 @@ class RecordingMPIComm(FakeMPIComm):
     def Barrier(self) -> None:
         self.log.append("Barrier")
 
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        self.log.append(("bcast", obj, root))
+        return obj
+
 
 def test_mpi_communicator_collectives_on_host_buffers(mpi_needed: None) -> None:
     """Host buffers go to MPI as they are and come back as the same object; bcast's root is
@@ -629,6 +634,37 @@ def test_nccl_sends_host_buffers_through_mpi(mpi_needed: None) -> None:
     comm.allreduce_sum(stats)
     np.testing.assert_array_equal(stats, [2, 2, 2])
     assert len(nccl.calls) == 1  # only the init
+
+
+def test_nccl_communicator_set_up_bcast_and_barrier(mpi_needed: None) -> None:
+    """The unique id travels from rank 0 over MPI; bcast's root is 0 unless given, for device
+    buffers (NCCL) and host buffers (MPI) alike, each handing its buffer back; barrier waits
+    for the queued NCCL work on the stream, then for the other ranks."""
+    log: list = []
+    nccl = FakeNccl()
+    comm = NCCLCommunicator(RecordingMPIComm(log), gpunn.Backend("cupy", 0, FakeXP(log)), nccl=nccl)
+    assert (comm.rank, comm.size, comm.local_rank, comm.reason) == (0, 2, 1, "")
+    assert ("bcast", (1, 2, 3), 0) in log
+    device = FakeDeviceArray(np.zeros(4, dtype=np.float32), log)
+    assert comm.bcast(device) is device and comm.bcast(device, root=1) is device
+    assert nccl.calls[1:] == [("bcast", 0xD0, 4, 7, 0, 1234), ("bcast", 0xD0, 4, 7, 1, 1234)]
+    host = np.ones(2)
+    del log[:]
+    assert comm.bcast(host) is host
+    comm.barrier()
+    assert log == [("Bcast", 0), "sync", "Barrier"]
+
+
+def test_nccl_that_does_not_load_is_refused(mpi_needed: None) -> None:
+    nccl = FakeNccl()
+    nccl.available = False
+    backend = gpunn.Backend("cupy", 0, FakeXP([]))
+    with pytest.raises(RuntimeError, match="NCCL is not available"):
+        NCCLCommunicator(FakeMPIComm([]), backend, nccl=nccl)
+    names = ("NCCL_INT32", "NCCL_INT64", "NCCL_FLOAT32", "NCCL_FLOAT64", "NCCL_SUM", "NCCL_MAX")
+    names += ("NcclCommunicator", "get_unique_id")
+    bare = types.SimpleNamespace(**{name: getattr(nccl, name) for name in names})
+    assert NCCLCommunicator(FakeMPIComm([]), backend, nccl=bare).size == 2  # no flag: loaded
 
 
 def test_nccl_refuses_unsupported_and_non_contiguous_buffers(mpi_needed: None) -> None:
