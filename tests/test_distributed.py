@@ -563,6 +563,79 @@ def test_mpi_communicator_collectives_on_host_buffers(mpi_needed: None) -> None:
     ]
 
 
+class JobComm(RecordingMPIComm):
+    """``size`` ranks seen from rank ``rank``; every rank reports what this one reports."""
+
+    def __init__(self, log: list, rank: int = 0, size: int = 2) -> None:
+        super().__init__(log)
+        self._rank, self._size = rank, size
+
+    def Get_rank(self) -> int:
+        return self._rank
+
+    def Get_size(self) -> int:
+        return self._size
+
+    def allgather(self, obj: Any) -> list:
+        return [obj] * self._size
+
+
+@pytest.mark.parametrize("backend", [None, "numpy"])
+def test_get_communicator_on_cpu_ranks(
+    mpi_needed: None, monkeypatch: pytest.MonkeyPatch, backend: str | None
+) -> None:
+    """CPU ranks get MPI (no device array module), with the reason for the choice; the kind
+    may come from GPUNN_COMM (any case, spaces around). Rank 0 of a job not started with
+    ``python -m mpi4py`` warns that an exception could hang the other ranks."""
+    monkeypatch.delitem(sys.modules, "mpi4py.run", raising=False)
+    monkeypatch.setenv(distributed.COMM_ENV, " MPI ")
+    with pytest.warns(RuntimeWarning, match="python -m mpi4py"):
+        comm = get_communicator(backend, mpi_comm=JobComm([]))
+    assert isinstance(comm, MPICommunicator) and comm.xp is None
+    assert comm.reason == "MPI was asked for"
+    monkeypatch.delenv(distributed.COMM_ENV)
+    comm = get_communicator(backend, mpi_comm=JobComm([], size=1))
+    assert isinstance(comm, SingleProcess) and comm.reason == "one process"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning on the other ranks, nor under mpi4py.run
+        get_communicator(backend, "auto", mpi_comm=JobComm([], rank=1))
+        get_communicator(backend, "mpi", mpi_comm=JobComm([], size=1))
+        monkeypatch.setitem(sys.modules, "mpi4py.run", types.ModuleType("mpi4py.run"))
+        get_communicator(backend, "mpi", mpi_comm=JobComm([]))
+
+
+def test_get_communicator_hands_a_gpu_rank_s_array_module_to_mpi(
+    mpi_needed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank on a GPU (here a stand-in CuPy) gets an MPI communicator that stages through its
+    device's array module; without a backend none is chosen for it (no probe, no warning)."""
+    xp = FakeXP([])
+    gpu = gpunn.Backend("cupy", 0, xp)
+    monkeypatch.setitem(sys.modules, "mpi4py.run", types.ModuleType("mpi4py.run"))
+    comm = get_communicator(gpu, "mpi", mpi_comm=JobComm([]))
+    assert isinstance(comm, MPICommunicator) and comm.xp is xp
+
+    def no_backend(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("no backend was asked for")
+
+    monkeypatch.setattr(distributed, "get_backend", no_backend)
+    assert get_communicator(None, "mpi", mpi_comm=JobComm([])).xp is None
+
+
+def test_an_unknown_communicator_kind_is_refused_before_mpi_is_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_mpi() -> None:
+        raise RuntimeError("distributed training needs mpi4py")
+
+    monkeypatch.setattr(distributed, "_mpi", no_mpi)
+    with pytest.raises(ValueError, match="communicator kind must be one of"):
+        get_communicator("numpy", "gloo")
+    monkeypatch.setenv(distributed.COMM_ENV, "gloo")
+    with pytest.raises(ValueError, match="got 'gloo'"):
+        get_communicator("numpy")
+
+
 def test_non_contiguous_buffers_are_refused(mpi_needed: None) -> None:
     comm = MPICommunicator(FakeMPIComm([]), xp=FakeXP([]))
     with pytest.raises(ValueError, match="C-contiguous"):
