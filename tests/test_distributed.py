@@ -589,8 +589,9 @@ def test_get_communicator_on_cpu_ranks(
     ``python -m mpi4py`` warns that an exception could hang the other ranks."""
     monkeypatch.delitem(sys.modules, "mpi4py.run", raising=False)
     monkeypatch.setenv(distributed.COMM_ENV, " MPI ")
-    with pytest.warns(RuntimeWarning, match="python -m mpi4py"):
+    with pytest.warns(RuntimeWarning, match="python -m mpi4py") as record:
         comm = get_communicator(backend, mpi_comm=JobComm([]))
+    assert record[0].filename == __file__  # it points at the caller's line
     assert isinstance(comm, MPICommunicator) and comm.xp is None
     assert comm.reason == "MPI was asked for"
     monkeypatch.delenv(distributed.COMM_ENV)
