@@ -266,6 +266,7 @@ def test_mpi_can_be_forced_and_unknown_kinds_are_refused() -> None:
         ("auto", 5, 4, "cupy:1"),
         ("cupy", 2, 2, "cupy:0"),
         ("cupy", 3, 8, "cupy:3"),
+        ("auto", 3, 1, "cupy:0"),  # one GPU: every rank on it
         ("cupy:1", 0, 4, "cupy:1"),  # an explicit device is kept
         ("numpy", 1, 4, "numpy"),
         ("auto", 1, 0, "auto"),  # no GPU: "auto" falls back, "cupy" fails with the reason
@@ -276,6 +277,12 @@ def test_each_rank_takes_gpu_local_rank_modulo_device_count(
     spec: str, local: int, count: int, expected: str
 ) -> None:
     assert device_spec_for_rank(spec, local, count) == expected
+
+
+def test_without_mpi4py_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now fails
+    with pytest.raises(RuntimeError, match=r"needs mpi4py: pip install 'gpunn\[mpi\]'"):
+        get_communicator("numpy", "mpi")
 
 
 def test_a_single_process_is_a_job_of_one_rank() -> None:
@@ -337,8 +344,18 @@ class WritesFiles(ModelCheckpoint):
         super().__init__("unused-{epoch}.safetensors")
         self.log = log
 
+    def set_context(self, context: dict[str, Any]) -> None:
+        super().set_context(context)
+        self.log.append("context")
+
     def on_train_begin(self) -> None:
         self.log.append("begin")
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        self.log.append(f"epoch {epoch}")
+
+    def on_batch_begin(self, batch: int) -> None:
+        self.log.append(f"batch {batch}")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         self.log.append(f"save {epoch}")
@@ -367,9 +384,88 @@ def test_no_rank_goes_on_before_rank_0_has_written_its_checkpoint(rank: int) -> 
         wrapped[0].on_epoch_end(epoch, {"loss": 1.0})
     wrapped[0].on_train_end()
     if rank == 0:
-        assert log == ["begin", "save 1", "barrier", "save 2", "barrier", "end", "barrier"]
+        epochs = [[f"epoch {e}", "batch 0", f"save {e}", "barrier"] for e in (1, 2)]
+        assert log == ["context", "begin", *epochs[0], *epochs[1], "end", "barrier"]
+        assert wrapped[0].inner.model is model
     else:
         assert log == ["barrier", "barrier", "barrier"]
+
+
+class Checksums(LoggingComm):
+    """A rank whose allreduce_max reports the given spread of the ranks' parameter checksums:
+    ``hi`` and ``lo`` are the largest and smallest (sum, L1 norm) over the ranks."""
+
+    def __init__(self, hi: list[float], lo: list[float]) -> None:
+        super().__init__(0, 2, [])
+        self.hi, self.lo = hi, lo
+
+    def allreduce_max(self, buffer: Any) -> Any:
+        buffer[...] = [*self.hi, -self.lo[0], -self.lo[1]]
+        return buffer
+
+
+@pytest.mark.parametrize("l1", [1e6, 0.5])
+def test_drift_is_a_spread_beyond_a_millionth_of_the_l1_norm(l1: float) -> None:
+    """The ranks have drifted apart when their parameter sums differ by more than DRIFT_RTOL
+    times the L1 norm (or than DRIFT_RTOL itself, for norms below 1)."""
+    model = gpunn.Sequential([gpunn.Dense(3, 2)], backend="numpy")
+    dp = distributed.DataParallel(LoggingComm(0, 2, []), model, 10, 4, {})
+    limit = distributed.DRIFT_RTOL * max(l1, 1.0)
+    dp.comm = Checksums([limit, l1], [0.0, l1])
+    dp._check_drift(np.zeros(2))  # exactly at the limit: fine
+    dp.comm = Checksums([np.nextafter(limit, np.inf), l1], [0.0, l1])
+    with pytest.raises(distributed.DriftError, match="drifted apart"):
+        dp._check_drift(np.zeros(2))
+
+
+def test_settings_codes_tell_apart_what_differs() -> None:
+    """What the ranks compare before starting: an integer stands for itself while float64
+    holds it exactly; larger integers, tuples (seeds) and anything else go by a checksum."""
+    code = distributed._code
+    assert code(12) == 12 and code(np.int64(-7)) == -7 and code(True) == 1
+    # the codes travel as float64 (one all-reduce): integers beyond its precision would
+    # collide there, so they go by checksum too
+    assert np.float64(code(2**60)) != np.float64(code(2**60 + 1))
+    assert np.float64(code(2**52 - 1)) != np.float64(code(2**52 - 2))
+    assert code((1, 2)) != code((2, 1)) and code((1, 2)) == code((1, 2))
+    assert isinstance(code((1, 2)), int) and isinstance(code("auto"), int)
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_data_parallel_shards_are_gathered_where_the_data_lives(
+    monkeypatch: pytest.MonkeyPatch, on_device: bool
+) -> None:
+    """Rank 0 of 2, batches of 4 over 10 rows: shards of 2, 2 and 1 rows. Data on the device
+    is gathered there from one move of the rank's 5 positions; data kept on the host (too
+    large for the device) moves shard by shard. Progress counts the global batches."""
+    from gpunn.training import loop
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((10, 3)), rng.integers(0, 2, 10)
+    backend = gpunn.get_backend("numpy")
+    monkeypatch.setattr(backend, "free_memory", lambda: None if on_device else 0)
+    advanced: list[int] = []
+    monkeypatch.setattr(loop.Progress, "advance", lambda self, n: advanced.append(n))
+    moved: list[tuple[int, ...]] = []
+    real = backend.asarray
+
+    def spy(a: Any, dtype: Any = None) -> Any:
+        moved.append(np.shape(a))
+        return real(a, dtype)
+
+    model = gpunn.Sequential([gpunn.Dense(3, 2)], backend=backend)
+    monkeypatch.setattr(backend, "asarray", spy)
+    model.fit(
+        X, y, loss=gpunn.SoftmaxCrossEntropy(), optimizer=gpunn.SGD(0.1), epochs=1,
+        batch_size=4, verbose=0, comm=LoggingComm(0, 2, []),
+    )  # fmt: skip
+    forward = [(2, 3), (2, 3), (1, 3)]  # each shard through the model (no copy on NumPy)
+    if on_device:
+        assert moved == [(10, 3), (10,), (5,), *forward]
+    else:
+        shards = [[(n, 3), (n,), (n, 3)] for n in (2, 2, 1)]
+        assert moved == [m for shard in shards for m in shard]
+    assert advanced == [4, 4, 2]
 
 
 # --------------------------------------------------------------------------------------------
