@@ -1,5 +1,6 @@
 """Benchmarks of one (model, batch size, backend) point: gpunn's training step and inference,
-the bare GEMMs of the step, and PyTorch's step and inference on the matching device.
+the bare GEMMs of the step, and PyTorch's step and inference on the matching device (the same
+network, MLP or LeNet-5, layer for layer).
 
 Every timed callable ends with the device synchronisation (the backend's ``synchronize``, or
 ``torch.cuda.synchronize``), so pytest-benchmark's clock reads see finished work.
@@ -24,8 +25,8 @@ def _synced(fn: Any, sync: Any) -> Any:
 
 
 def _record(benchmark: Any, point: tuple, engine: str) -> None:
-    widths, batch, backend = point
-    benchmark.group = f"{model_label(widths)} batch={batch} {backend}"
+    model, batch, backend = point
+    benchmark.group = f"{model_label(model)} batch={batch} {backend}"
     benchmark.extra_info.update({"engine": engine, "batch": batch, "backend": backend})
 
 
@@ -36,16 +37,16 @@ def _samples_per_s(benchmark: Any, batch: int) -> None:
 
 
 def test_gpunn_train_step(benchmark: Any, point: tuple, backend_of: Any, prepare: Any) -> None:
-    widths, batch, spec = point
-    w = GpunnWorkload.create(widths, batch, backend_of(spec))
+    model, batch, spec = point
+    w = GpunnWorkload.create(model, batch, backend_of(spec))
     _record(benchmark, point, "gpunn train")
     benchmark(prepare(_synced(w.train_step, w.sync)))
     _samples_per_s(benchmark, batch)
 
 
 def test_gpunn_inference(benchmark: Any, point: tuple, backend_of: Any, prepare: Any) -> None:
-    widths, batch, spec = point
-    w = GpunnWorkload.create(widths, batch, backend_of(spec))
+    model, batch, spec = point
+    w = GpunnWorkload.create(model, batch, backend_of(spec))
     _record(benchmark, point, "gpunn infer")
     benchmark(prepare(_synced(w.infer, w.sync)))
     _samples_per_s(benchmark, batch)
@@ -53,20 +54,20 @@ def test_gpunn_inference(benchmark: Any, point: tuple, backend_of: Any, prepare:
 
 def test_bare_gemms(benchmark: Any, point: tuple, backend_of: Any, prepare: Any) -> None:
     """The limit: only the matrix products of one training step, same library and layouts."""
-    widths, batch, spec = point
-    g = GemmWorkload(widths, batch, backend_of(spec))
+    model, batch, spec = point
+    g = GemmWorkload(model, batch, backend_of(spec))
     _record(benchmark, point, "bare GEMMs")
     benchmark(prepare(_synced(g.run, g.sync)))
     _samples_per_s(benchmark, batch)
 
 
 def _torch_workload(torch: Any, point: tuple, backend_of: Any) -> TorchWorkload:
-    widths, batch, spec = point
+    model, batch, spec = point
     backend = backend_of(spec)
     if backend.is_gpu and not torch.cuda.is_available():
         pytest.skip("this PyTorch has no usable CUDA device")
     device = f"cuda:{backend.device}" if backend.is_gpu else "cpu"
-    w = GpunnWorkload.create(widths, batch, backend)  # same weights and batch as gpunn's
+    w = GpunnWorkload.create(model, batch, backend)  # same weights and batch as gpunn's
     return TorchWorkload(
         torch,
         w.model.state_dict(),
@@ -74,6 +75,7 @@ def _torch_workload(torch: Any, point: tuple, backend_of: Any) -> TorchWorkload:
         backend.to_numpy(w.y),
         device=device,
         lr=OPTIMIZERS["sgd"]["lr"],
+        layers=w.model.layers,
     )
 
 

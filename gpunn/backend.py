@@ -14,15 +14,23 @@ Rules (see the README):
 
 ``import gpunn`` never touches CUDA: the probe runs lazily, once per device, catches every
 exception and is cached.
+
+A ``"cupy:N"`` backend owns device N: CuPy allocates every array, and launches every kernel, on
+the *current* device, so everything gpunn does for a backend runs inside
+:meth:`Backend.activate` (``with backend.activate(): ...``), which makes device N current for the
+block and puts the previous device back after it (a shared no-op context on NumPy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
 import os
+import sys
 import warnings
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +40,9 @@ __all__ = [
     "Backend",
     "BackendStatus",
     "BackendUnavailableError",
+    "TF32UnsupportedError",
     "available_backends",
+    "device_of",
     "get_backend",
     "host_rng",
     "namespace",
@@ -46,6 +56,15 @@ VALID_SPECS = '"auto", "numpy", "cupy" or "cupy:N" (N a CUDA device number, e.g.
 
 class BackendUnavailableError(RuntimeError):
     """The backend that was asked for explicitly cannot be used here (the message says why)."""
+
+
+class TF32UnsupportedError(RuntimeError):
+    """TF32 was asked for, but this CuPy has no per-process switch for it (the message says why)."""
+
+
+#: the context of a backend or array without a device (NumPy): entering it does nothing, and one
+#: instance serves every caller (``nullcontext`` is reentrant)
+_NO_DEVICE: AbstractContextManager[Any] = contextlib.nullcontext()
 
 
 @dataclass(frozen=True)
@@ -133,7 +152,7 @@ class Backend:
         self.device = device  # CUDA device number, None on NumPy
         self.xp = xp  # the array module: numpy or cupy
         self.gpu_name = gpu_name
-        self.tf32 = False
+        self._device_context: Any = None  # xp.cuda.Device(device), made at the first activate()
 
     @property
     def spec(self) -> str:
@@ -144,13 +163,27 @@ class Backend:
     def is_gpu(self) -> bool:
         return self.name == "cupy"
 
+    def activate(self) -> AbstractContextManager[Any]:
+        """A context that makes this backend's device current: ``with backend.activate(): ...``.
+
+        CuPy allocates arrays and launches kernels on the current device (thread-local, device 0
+        unless changed); nothing else moves them. Every allocation and launch gpunn makes for a
+        ``cupy:N`` backend happens inside this context, which restores the previous device on
+        exit and may be nested. On NumPy it is a shared no-op context (no per-call cost).
+        """
+        if self.device is None:
+            return _NO_DEVICE
+        if self._device_context is None:  # CuPy's Device keeps its stack per thread: reusable
+            self._device_context = self.xp.cuda.Device(self.device)
+        return self._device_context
+
     def asarray(self, a: Any, dtype: Any = None) -> Any:
         """Move ``a`` (NumPy array, CuPy array, list or scalar) onto this backend."""
         if self.device is None:
             if hasattr(a, "get") and not isinstance(a, numpy.ndarray):
                 a = a.get()  # a CuPy array coming back to the host
             return numpy.asarray(a, dtype=dtype)
-        with self.xp.cuda.Device(self.device):
+        with self.activate():  # an array of another GPU is copied here (CuPy's asarray does)
             return self.xp.asarray(a, dtype=dtype)
 
     def to_numpy(self, a: Any) -> numpy.ndarray:
@@ -164,7 +197,7 @@ class Backend:
     def synchronize(self) -> None:
         """Wait until all queued work on the device is done (a no-op on NumPy)."""
         if self.device is not None:
-            self.xp.cuda.Device(self.device).synchronize()
+            self.activate().synchronize()
 
     def host_rng(self, seed: int | None) -> numpy.random.Generator:
         """A host NumPy generator: random numbers are drawn here, then moved to the device."""
@@ -179,14 +212,27 @@ class Backend:
         None on NumPy, whose arrays already live in host memory."""
         if self.device is None:
             return None
-        with self.xp.cuda.Device(self.device):
+        with self.activate():  # memGetInfo and the pool both answer for the current device
             free, _total = self.xp.cuda.runtime.memGetInfo()
             return int(free) + int(self.xp.get_default_memory_pool().free_bytes())
 
     def free_memory_pool(self) -> None:
         """Give CuPy's cached device memory back to the driver (after an out-of-memory error)."""
         if self.device is not None:
-            self.xp.get_default_memory_pool().free_all_blocks()
+            with self.activate():  # the pool frees the blocks of the current device only
+                self.xp.get_default_memory_pool().free_all_blocks()
+
+    @property
+    def tf32(self) -> bool:
+        """Whether float32 matrix products use TF32 tensor cores (CuPy's process-wide setting;
+        always False on NumPy)."""
+        if self.device is None:
+            return False
+        api = _compute_type_api(self.xp)
+        if api is None:
+            return False
+        with self.activate():
+            return bool(api.get(self.xp.float32) == api.tf32)
 
     def __repr__(self) -> str:
         if self.device is None:
@@ -205,6 +251,17 @@ def namespace(a: Any) -> Any:
     if type(a).__module__.split(".")[0] == "cupy":
         return _import_cupy()
     return numpy
+
+
+def device_of(a: Any) -> AbstractContextManager[Any]:
+    """A context that makes the device holding array ``a`` current (``a.device`` of a CuPy
+    array); the shared no-op context for host data. For code that gets arrays, not a backend
+    (losses, communicators): their temporaries and launches then land beside ``a``."""
+    if type(a).__module__.split(".")[0] == "cupy":
+        device = getattr(a, "device", None)
+        if hasattr(device, "__enter__"):  # CuPy's Device; a stand-in array may have none
+            return device
+    return _NO_DEVICE
 
 
 def host_rng(seed: int | None) -> numpy.random.Generator:
@@ -235,13 +292,24 @@ def get_backend(spec: str | Backend | None = None, *, tf32: bool | None = None) 
     """Return the backend for ``spec`` (see the module docstring for the rules).
 
     ``tf32=True`` lets cuBLAS use TF32 tensor cores for float32 matrix products on CuPy
-    (faster, about 1e-3 relative error); it has no effect on NumPy.
+    (faster, about 1e-3 relative error), ``tf32=False`` turns them off, None leaves the setting
+    as it is; it has no effect on NumPy. The setting is CuPy's and holds for the whole process:
+    every CuPy backend (every GPU) and every CuPy product, not only this backend's. Raises
+    :class:`TF32UnsupportedError` when this CuPy has no TF32 switch.
     """
     if isinstance(spec, Backend):
+        if tf32 is not None and spec.is_gpu:
+            _set_tf32(spec, tf32)
         return spec
+    from_env = spec is None
     if spec is None:
         spec = os.environ.get(ENV_VAR, "").strip() or "auto"
-    name, device = _parse_spec(spec)
+    try:
+        name, device = _parse_spec(spec)
+    except ValueError as exc:
+        if from_env:  # say where the bad value came from
+            raise ValueError(f"environment variable {ENV_VAR}: {exc}") from None
+        raise
     if name == "auto":
         usable, reason, _ = _probe_cupy(0)
         if usable:
@@ -249,7 +317,7 @@ def get_backend(spec: str | Backend | None = None, *, tf32: bool | None = None) 
         if reason not in _warned_fallback:
             _warned_fallback.add(reason)
             msg = f"gpunn: using the NumPy (CPU) backend because {reason}"
-            warnings.warn(msg, RuntimeWarning, stacklevel=2)
+            warnings.warn(msg, RuntimeWarning, stacklevel=_user_stacklevel())
             log.info(msg)
         return _numpy_backend()
     if name == "numpy":
@@ -258,6 +326,19 @@ def get_backend(spec: str | Backend | None = None, *, tf32: bool | None = None) 
     if not usable:
         raise BackendUnavailableError(f"backend {spec!r} is not available: {reason}")
     return _make_cupy(device, tf32)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a warning raised by this function's caller point at the
+    first line outside gpunn (the user's code that asked for the backend, however deep inside
+    gpunn the request was made)."""
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _numpy_backend() -> Backend:
@@ -272,19 +353,49 @@ def _make_cupy(device: int, tf32: bool | None) -> Backend:
         cupy = _import_cupy()
         _BACKENDS[key] = Backend("cupy", device, cupy, _probe_cupy(device)[2])
     backend = _BACKENDS[key]
-    if tf32 is not None and tf32 != backend.tf32:
+    if tf32 is not None:
         _set_tf32(backend, tf32)
     return backend
 
 
+@dataclass(frozen=True)
+class _ComputeTypeAPI:
+    """CuPy's switch for the compute type of its matrix products (``cupy._core``, CuPy >= 13)."""
+
+    set: Any  # set_compute_type(dtype, compute_type)
+    get: Any  # get_compute_type(dtype)
+    tf32: int  # COMPUTE_TYPE_TF32
+    default: int  # COMPUTE_TYPE_DEFAULT
+
+
+def _compute_type_api(xp: Any) -> _ComputeTypeAPI | None:
+    """The compute-type switch of CuPy module ``xp``, or None when this CuPy has none."""
+    linalg = getattr(getattr(xp, "_core", None), "_routines_linalg", None)
+    names = ("set_compute_type", "get_compute_type", "COMPUTE_TYPE_TF32", "COMPUTE_TYPE_DEFAULT")
+    if linalg is None or not all(hasattr(linalg, n) for n in names):
+        return None
+    return _ComputeTypeAPI(*(getattr(linalg, n) for n in names))
+
+
 def _set_tf32(backend: Backend, on: bool) -> None:
-    """Switch cuBLAS TF32 math for float32 GEMMs on this device."""
-    cublas = backend.xp.cuda.cublas
-    mode = cublas.CUBLAS_TF32_TENSOR_OP_MATH if on else cublas.CUBLAS_DEFAULT_MATH
-    with backend.xp.cuda.Device(backend.device):
-        cublas.setMathMode(backend.xp.cuda.device.get_cublas_handle(), mode)
-    os.environ["CUPY_TF32"] = "1" if on else "0"
-    backend.tf32 = on
+    """Let float32 matrix products use TF32 tensor cores, or not, in this whole process.
+
+    CuPy chooses the cuBLAS compute type of a float32 product from a per-process table; it fills
+    the table from ``CUPY_TF32`` once, at the first float32 product, so the variable cannot switch
+    TF32 later (and once on it stays on). ``set_compute_type`` sets the table directly, in either
+    direction, at any time; it reads the *current* device's compute capability (TF32 needs 8.0 or
+    newer; CuPy warns and keeps the default below that), hence the device context.
+    """
+    api = _compute_type_api(backend.xp)
+    if api is None:
+        version = getattr(backend.xp, "__version__", "unknown")
+        raise TF32UnsupportedError(
+            f"TF32 needs CuPy >= 13 (cupy._core._routines_linalg.set_compute_type and "
+            f"COMPUTE_TYPE_TF32); this CuPy ({version}) has no per-process TF32 switch. "
+            "Upgrade CuPy, or run without TF32"
+        )
+    with backend.activate():
+        api.set(backend.xp.float32, api.tf32 if on else api.default)
 
 
 def available_backends() -> list[BackendStatus]:

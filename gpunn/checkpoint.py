@@ -7,6 +7,10 @@ unpickled and loading never runs code from the file. Tensors are host arrays:
 
 * ``model/<key>``: each parameter, keyed like ``Sequential.params`` (``model/0.W``, ...), in the
   model's dtype and shape.
+* ``state/<key>``: each state array that is not trained, keyed like ``Sequential.state``
+  (``state/1.running_mean``, ``state/1.running_var`` for a BatchNorm layer 1), in the model's
+  dtype and shape. Absent for models without such state (and in files written before it
+  existed, which held no layer with state).
 * ``optim/<name>``: each optimizer state array (``momentum_buffer``, ``exp_avg``,
   ``exp_avg_sq``), flat, of the length of ``Sequential.flat_params``.
 
@@ -19,10 +23,28 @@ The metadata (safetensors allows str -> str only) holds, each value JSON-encoded
   layer is rebuilt as ``LAYER_KINDS[kind](**config)``.
 * ``dtype`` (``"float32"``/``"float64"``), ``seed`` (int), ``epoch``, ``step`` (int or null),
   ``extra`` (any JSON value the caller passed).
+* ``input_shape`` (optional; absent in files written before it existed): the shape of one
+  input sample as a list of ints (``[1, 28, 28]``), or null when the model never learnt it. A
+  file without it rebuilds the model from its first Dense layer's width, as it always did.
 * ``optimizer``: null, or ``{"kind", "hyperparams", "step"}``; kinds come from the allow-list
   :data:`OPTIMIZER_KINDS`.
 * ``rng``: ``{"<layer index>": <NumPy bit-generator state>}`` for each Dropout layer of a model on
   the NumPy backend (so a resumed run draws the same masks); ``{}`` otherwise.
+* ``data`` (optional; absent in files written before it existed, or null): where the training
+  data came from, so that the same split can be rebuilt (``gpunn evaluate``, ``gpunn train
+  --resume``). A JSON object with exactly these keys (:data:`DATA_FIELDS`):
+
+  - ``dataset``: a built-in data set's name, or null for a file; ``file``: the data file's
+    absolute path, or null; exactly one of the two is set.
+  - ``sha256``: hex SHA-256 of the data file's bytes (null for a built-in data set).
+  - ``samples``: how many samples a synthetic data set generated (null otherwise).
+  - ``val``, ``test``: the validation and test fractions of the split; ``test`` null when the
+    data set has its own test set (MNIST). ``seed``: the seed of the split (and of a synthetic
+    data set's generator).
+  - ``task``: ``"classification"`` or ``"regression"``; ``classes``: the number of classes
+    (null for regression).
+
+  Like every entry it is covered by ``metadata_sha256``; it is checked key by key on loading.
 * ``sha256``: hex SHA-256 over the tensors. For each tensor name in sorted (code point) order
   the digest is fed the UTF-8 bytes of ``f"{name}\\n{dtype}\\n{shape}\\n{nbytes}\\n"`` (dtype a
   NumPy name such as ``float32``, shape the comma-separated dimensions, e.g. ``784,128`` or
@@ -47,6 +69,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import pathlib
 import struct
@@ -63,10 +86,16 @@ from gpunn.nn import (
     SGD,
     Adam,
     AdamW,
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv2D,
     Dense,
     Dropout,
+    Flatten,
     Layer,
     LeakyReLU,
+    MaxPool2D,
     Optimizer,
     ReLU,
     Sigmoid,
@@ -79,8 +108,10 @@ __all__ = [
     "LAYER_KINDS",
     "OPTIMIZER_KINDS",
     "load",
+    "check_data",
     "load_with_optimizer",
     "metadata_digest",
+    "read_info",
     "save",
     "tensor_digest",
 ]
@@ -96,14 +127,37 @@ LAYER_KINDS: dict[str, type[Layer]] = {
     "Sigmoid": Sigmoid,
     "Tanh": Tanh,
     "Dropout": Dropout,
+    "Conv2D": Conv2D,
+    "MaxPool2D": MaxPool2D,
+    "AvgPool2D": AvgPool2D,
+    "Flatten": Flatten,
+    "BatchNorm1D": BatchNorm1D,
+    "BatchNorm2D": BatchNorm2D,
 }
 
 #: The only optimizer classes a checkpoint may name (kind -> class).
 OPTIMIZER_KINDS: dict[str, type[Optimizer]] = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
 
 MODEL_PREFIX = "model/"
+STATE_PREFIX = "state/"
 OPTIM_PREFIX = "optim/"
 DIGEST_KEYS = ("sha256", "metadata_sha256")
+#: Optional metadata entries: a file without them (written by an older gpunn) still loads.
+OPTIONAL_JSON_KEYS = ("data", "input_shape")
+#: The keys of the ``data`` entry and the JSON types each may hold (None: null).
+DATA_FIELDS: dict[str, tuple[type | None, ...]] = {
+    "dataset": (str, None),
+    "file": (str, None),
+    "sha256": (str, None),
+    "samples": (int, None),
+    "val": (float,),
+    "test": (float, None),
+    "seed": (int,),
+    "task": (str,),
+    "classes": (int, None),
+}
+TASKS = ("classification", "regression")
+HEX = frozenset("0123456789abcdef")
 JSON_KEYS = (
     "gpunn_version",
     "architecture",
@@ -157,23 +211,65 @@ def save(
     epoch: int | None = None,
     step: int | None = None,
     extra: Any = None,
+    data: dict[str, Any] | None = None,
 ) -> pathlib.Path:
     """Write ``model`` (and ``optimizer``'s state) to ``path`` atomically; returns the path.
 
     ``extra`` is any JSON-serialisable value (e.g. a dict of metrics) returned by
-    :func:`load_with_optimizer`. Raises ValueError, leaving any existing file untouched, when a
-    weight or optimizer state is not finite or the model holds a layer kind outside
-    :data:`LAYER_KINDS`.
+    :func:`load_with_optimizer`; ``data`` says where the training data came from (the ``data``
+    entry of the module docstring, checked by :func:`check_data`). Raises ValueError, leaving
+    any existing file untouched, when a weight or optimizer state is not finite or the model
+    holds a layer kind outside :data:`LAYER_KINDS`; OSError naming ``path`` when it cannot be
+    written.
     """
     path = pathlib.Path(path)
-    tensors, metadata = _encode(model, optimizer, epoch=epoch, step=step, extra=extra)
-    data = safetensors.numpy.save(tensors, metadata=metadata)
-    _atomic_write(path, data)
+    tensors, metadata = _encode(model, optimizer, epoch=epoch, step=step, extra=extra, data=data)
+    blob = safetensors.numpy.save(tensors, metadata=metadata)
+    _atomic_write(path, blob)
     return path
 
 
+def check_data(value: Any) -> dict[str, Any] | None:
+    """``value`` if it is a valid ``data`` entry (see the module docstring) or None; else
+    ValueError saying which key is wrong."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != set(DATA_FIELDS):
+        keys = sorted(value) if isinstance(value, dict) else type(value).__name__
+        raise ValueError(f"data must be an object with the keys {sorted(DATA_FIELDS)}, got {keys}")
+    for key, types in DATA_FIELDS.items():
+        v = value[key]
+        if v is None and None in types:
+            continue
+        if not _is_json_type(v, types[0]):
+            kinds = " or ".join("null" if t is None else t.__name__ for t in types)
+            raise ValueError(f"data {key!r} must be {kinds}, got {v!r}")
+    if (value["dataset"] is None) == (value["file"] is None):
+        raise ValueError("data must name exactly one of 'dataset' and 'file'")
+    digest = value["sha256"]
+    if value["file"] is not None and not (
+        isinstance(digest, str) and len(digest) == 64 and all(c in HEX for c in digest)
+    ):
+        raise ValueError(f"data 'sha256' must be 64 hex digits for a file, got {digest!r}")
+    for key in ("val", "test"):
+        if value[key] is not None and not 0 <= value[key] < 1:
+            raise ValueError(f"data {key!r} must be a fraction in [0, 1), got {value[key]!r}")
+    if value["task"] not in TASKS:
+        raise ValueError(f"data 'task' must be one of {TASKS}, got {value['task']!r}")
+    for key in ("samples", "classes"):
+        if value[key] is not None and value[key] < 1:
+            raise ValueError(f"data {key!r} must be a positive integer, got {value[key]!r}")
+    return value
+
+
 def _encode(
-    model: Sequential, optimizer: Optimizer | None, *, epoch: Any, step: Any, extra: Any
+    model: Sequential,
+    optimizer: Optimizer | None,
+    *,
+    epoch: Any,
+    step: Any,
+    extra: Any,
+    data: Any = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The tensors and metadata of a checkpoint (checks everything before any file is touched)."""
     architecture = []
@@ -187,8 +283,10 @@ def _encode(
         architecture.append({"kind": kind, "config": layer.config()})
 
     tensors: dict[str, np.ndarray] = {}
-    for key, value in model.state_dict().items():
+    for key, value in model.params.items():
         tensors[MODEL_PREFIX + key] = _finite_host(value, f"parameter {key}")
+    for key, value in model.state.items():
+        tensors[STATE_PREFIX + key] = _finite_host(value, f"state {key}")
 
     opt_meta = None
     if optimizer is not None:
@@ -220,7 +318,10 @@ def _encode(
         "extra": extra,
         "optimizer": opt_meta,
         "rng": _rng_states(model),
+        "input_shape": None if model.input_shape is None else list(model.input_shape),
     }
+    if data is not None:
+        values["data"] = check_data(data)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION)}
     for key, value in values.items():
         try:
@@ -256,7 +357,10 @@ def _rng_states(model: Sequential) -> dict[str, Any]:
 def _atomic_write(path: pathlib.Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a fsync'ed temporary file and ``os.replace``."""
     directory = path.parent
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=directory)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=directory)
+    except OSError as exc:  # name the user's path, not the temporary file's
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from None
     tmp = pathlib.Path(tmp_name)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -266,9 +370,11 @@ def _atomic_write(path: pathlib.Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
         raise
     _fsync_dir(directory)
 
@@ -321,6 +427,36 @@ def load_with_optimizer(
     return _Reader(path).read(backend)
 
 
+def read_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What a checkpoint says about itself, without building the model: ``architecture``
+    (``[{"kind", "config"}, ...]``), ``dtype``, ``seed``, ``optimizer`` (``{"kind",
+    "hyperparams", "step"}`` or None), ``data`` (or None), ``input_shape`` (a list, or None),
+    ``epoch``, ``step``, ``extra``.
+
+    The header and its checksum are checked (the tensors are checked by :func:`load`); raises
+    like :func:`load_with_optimizer`.
+    """
+    reader = _Reader(pathlib.Path(path))
+    metadata = reader.header_metadata(reader.path.read_bytes())
+    meta = reader.decode(metadata)
+    reader.layers(meta["architecture"])
+    reader.optimizer_meta(meta["optimizer"])
+    if metadata_digest(metadata) != metadata["metadata_sha256"]:
+        raise reader.fail("metadata checksum mismatch: the header was modified or corrupted")
+    keys = (
+        "architecture",
+        "dtype",
+        "seed",
+        "optimizer",
+        "data",
+        "input_shape",
+        "epoch",
+        "step",
+        "extra",
+    )
+    return {key: meta[key] for key in keys}
+
+
 class _Reader:
     """Validates one checkpoint file step by step; every failure names the file."""
 
@@ -348,7 +484,9 @@ class _Reader:
             raise self.fail("tensor checksum mismatch: the file was modified or corrupted")
         params = self.model_tensors(tensors, layers, dtype)
         try:
-            model = Sequential(layers, backend=backend, dtype=dtype, seed=seed)
+            model = Sequential(
+                layers, backend=backend, dtype=dtype, seed=seed, input_shape=meta["input_shape"]
+            )
         except ValueError as exc:
             raise self.fail(f"cannot build the model: {exc}") from None
         model.load_state_dict(params)
@@ -360,6 +498,7 @@ class _Reader:
             "extra": meta["extra"],
             "gpunn_version": meta["gpunn_version"],
             "format_version": FORMAT_VERSION,
+            "data": meta["data"],
         }
         return model, optimizer, info
 
@@ -418,6 +557,20 @@ class _Reader:
                 raise self.fail(f"{key} must be an integer or null, got {meta[key]!r}")
         if not isinstance(meta["rng"], dict):
             raise self.fail("metadata 'rng' must be a JSON object")
+        for key in OPTIONAL_JSON_KEYS:
+            try:
+                meta[key] = json.loads(metadata[key]) if key in metadata else None
+            except (ValueError, RecursionError) as exc:
+                raise self.fail(f"metadata {key!r} is not valid JSON ({exc})") from None
+        try:
+            check_data(meta["data"])
+        except ValueError as exc:
+            raise self.fail(f"metadata 'data' is invalid: {exc}") from None
+        shape = meta["input_shape"]
+        if shape is not None and not (
+            isinstance(shape, list) and shape and all(_is_int(d) and d > 0 for d in shape)
+        ):
+            raise self.fail(f"metadata 'input_shape' must be null or positive sizes, got {shape!r}")
         return meta
 
     # --- model ---------------------------------------------------------------------------
@@ -445,34 +598,35 @@ class _Reader:
     def model_tensors(
         self, tensors: dict[str, np.ndarray], layers: list[Layer], dtype: str
     ) -> dict[str, np.ndarray]:
-        """The parameters, checked against the architecture's names, shapes and dtype."""
-        unexpected = [n for n in tensors if not n.startswith((MODEL_PREFIX, OPTIM_PREFIX))]
+        """The parameters and state, checked against the architecture's names, shapes, dtype."""
+        prefixes = (MODEL_PREFIX, STATE_PREFIX, OPTIM_PREFIX)
+        unexpected = [n for n in tensors if not n.startswith(prefixes)]
         if unexpected:
             raise self.fail(f"unexpected tensors {sorted(unexpected)}")
-        shapes = {
-            f"{i}.{name}": shape
-            for i, layer in enumerate(layers)
-            for name, shape in layer.param_shapes().items()
-        }
-        stored = {n[len(MODEL_PREFIX) :] for n in tensors if n.startswith(MODEL_PREFIX)}
+        shapes = {}
+        for i, layer in enumerate(layers):
+            for name, shape in layer.param_shapes().items():
+                shapes[MODEL_PREFIX + f"{i}.{name}"] = shape
+            for name, shape in layer.state_shapes().items():
+                shapes[STATE_PREFIX + f"{i}.{name}"] = shape
+        stored = {n for n in tensors if n.startswith((MODEL_PREFIX, STATE_PREFIX))}
         missing, extra = set(shapes) - stored, stored - set(shapes)
         if missing or extra:
             raise self.fail(
-                f"tensors do not match the architecture: missing "
-                f"{sorted(MODEL_PREFIX + k for k in missing)}, unexpected "
-                f"{sorted(MODEL_PREFIX + k for k in extra)}"
+                f"tensors do not match the architecture: missing {sorted(missing)}, "
+                f"unexpected {sorted(extra)}"
             )
         params = {}
-        for key, shape in shapes.items():
-            a = tensors[MODEL_PREFIX + key]
+        for name, shape in shapes.items():
+            a = tensors[name]
             if tuple(a.shape) != tuple(shape):
                 raise self.fail(
-                    f"tensor {MODEL_PREFIX + key} has shape {tuple(a.shape)}, the architecture "
-                    f"needs {tuple(shape)}"
+                    f"tensor {name} has shape {tuple(a.shape)}, the architecture needs "
+                    f"{tuple(shape)}"
                 )
             if a.dtype != np.dtype(dtype):
-                raise self.fail(f"tensor {MODEL_PREFIX + key} is {a.dtype}, expected {dtype}")
-            params[key] = a
+                raise self.fail(f"tensor {name} is {a.dtype}, expected {dtype}")
+            params[name.split("/", 1)[1]] = a
         return params
 
     def restore_rng(self, model: Sequential, states: dict[str, Any]) -> None:
@@ -546,6 +700,16 @@ class _Reader:
             }
         )
         return optimizer
+
+
+def _is_json_type(value: Any, kind: type | None) -> bool:
+    """Whether a decoded JSON value is of ``kind`` (a float may be written as a whole number)."""
+    if kind is int:
+        return _is_int(value)
+    if kind is float:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return number and math.isfinite(value)
+    return kind is not None and isinstance(value, kind)
 
 
 def _is_int(value: Any) -> bool:

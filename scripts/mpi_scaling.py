@@ -1,21 +1,27 @@
 """Measure data-parallel scaling: samples/s of 1 and 2 MPI ranks, and the all-reduce's share.
 
 The workload is the MNIST-sized MLP 784-256-10 (ReLU, float32, plain SGD) on synthetic data at
-global batch 4096, on the NumPy backend. Four runs, each in its own ``mpiexec`` job:
+global batch 4096, on the NumPy backend. Five runs, each in its own ``mpiexec`` job:
 
 * A: 1 rank with 1 BLAS thread (the per-core baseline),
 * B: 1 rank with as many BLAS threads as there will be ranks (the same cores, used by BLAS),
-* C: N ranks (default 2) with 1 BLAS thread each,
-* D: 1 rank with 1 BLAS thread at batch 4096 / N: one rank's share of C's work, alone.
+* C: N ranks (default 2) with 1 BLAS thread each, set by OPENBLAS_NUM_THREADS and friends,
+* D: 1 rank with 1 BLAS thread at batch 4096 / N: one rank's share of C's work, alone,
+* E: N ranks with no thread variables set: the threads gpunn gives each rank by itself
+  (the machine's cores divided among the ranks; it should match C when N = cores),
 
-Usage: ``python scripts/mpi_scaling.py [--ranks 2] [--samples 65536] [--epochs 4] [--repeat 3]``.
-The first epoch is warm-up; a run's throughput is the median of the others, and with
-``--repeat`` the four runs are repeated in turn and each one's fastest repetition is kept (on a
-shared machine, other work only ever makes a run slower). Efficiency is
-``throughput(C) / (N * throughput(A))``. The all-reduce time of C is wall time per step
-(including any wait for the slower rank); it is also timed alone, with the ranks arriving
-together. D gives the efficiency C would reach if the ranks' cores did not slow each other:
-``step(A) / (N * (step(D) + all-reduce alone))``.
+and with ``--oversubscribed`` a sixth, F: N ranks that each keep one BLAS thread per core
+(``GPUNN_THREADS_PER_RANK`` = cores), as every rank did before gpunn divided the cores.
+
+Usage: ``python scripts/mpi_scaling.py [--ranks 2] [--samples 65536] [--epochs 4] [--repeat 3]
+[--oversubscribed]``. The first epoch is warm-up; a run's throughput is the median of the
+others. With ``--repeat`` the runs are repeated in turn (interleaved, so drift of a shared
+machine hits them alike) and the table gives the median over the repetitions, their range,
+and the fastest (other work only ever makes a run slower). Efficiency is
+``throughput(C) / (N * throughput(A))``, from the fastest repetitions. The all-reduce time
+of C is wall time per step (including any wait for the slower rank); it is also timed alone,
+with the ranks arriving together. D gives the efficiency C would reach if the ranks' cores
+did not slow each other: ``step(A) / (N * (step(D) + all-reduce alone))``.
 """
 
 from __future__ import annotations
@@ -76,13 +82,23 @@ def worker(args: argparse.Namespace) -> None:
     if comm.rank == 0:
         result = {
             "ranks": comm.size,
-            "threads": os.environ.get("OPENBLAS_NUM_THREADS"),
+            "threads": blas_threads(),
             "samples_per_s": args.samples / epoch_s,
             "step_ms": 1e3 * epoch_s / steps,
             "allreduce_ms_per_step": 1e3 * allreduce_s / steps,
             "allreduce_alone_ms": 1e3 * alone_s,
         }
         print("RESULT " + json.dumps(result), flush=True)
+
+
+def blas_threads() -> int | None:
+    """This process's BLAS threads as threadpoolctl sees them (after gpunn's division)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    pools = [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+    return max(pools) if pools else None
 
 
 class TimedAllreduce:
@@ -121,11 +137,18 @@ def allreduce_alone(comm: Any, grads: Any, repeats: int = 50) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
-def launch(ranks: int, threads: int, args: argparse.Namespace, batch: int = BATCH) -> dict:
+def launch(
+    ranks: int, threads: int | None, args: argparse.Namespace, batch: int = BATCH, **extra: str
+) -> dict:
+    """One measured mpiexec job; ``threads`` None leaves the BLAS thread variables unset."""
     exe = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or "mpiexec"
-    env = dict(os.environ, GPUNN_BACKEND="numpy")
+    env = dict(os.environ, GPUNN_BACKEND="numpy", **extra)
+    if "GPUNN_THREADS_PER_RANK" not in extra:
+        env.pop("GPUNN_THREADS_PER_RANK", None)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(threads)
+        env.pop(var, None)
+        if threads is not None:
+            env[var] = str(threads)
     cmd = [exe, "-n", str(ranks), sys.executable, "-m", "mpi4py", __file__, "--worker"]
     cmd += ["--samples", str(args.samples), "--epochs", str(args.epochs), "--batch", str(batch)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -140,43 +163,64 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, default=2)
     parser.add_argument("--samples", type=int, default=65536)
     parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--repeat", type=int, default=1, help="keep the best of this many")
+    parser.add_argument("--repeat", type=int, default=1, help="interleaved repetitions")
+    parser.add_argument(
+        "--oversubscribed",
+        action="store_true",
+        help="also run F: every rank with one BLAS thread per core (slow)",
+    )
     parser.add_argument("--batch", type=int, default=BATCH, help=argparse.SUPPRESS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    n = args.ranks
-    configs = {
-        "A 1 rank x 1 thread": (1, 1, BATCH),
-        f"B 1 rank x {n} threads": (1, n, BATCH),
-        f"C {n} ranks x 1 thread": (n, 1, BATCH),
-        f"D 1 rank, batch {BATCH // n}": (1, 1, BATCH // n),
+    n, cores = args.ranks, len(os.sched_getaffinity(0))
+    configs: dict[str, tuple[int, int | None, int, dict[str, str]]] = {
+        "A 1 rank x 1 thread": (1, 1, BATCH, {}),
+        f"B 1 rank x {n} threads": (1, n, BATCH, {}),
+        f"C {n} ranks x 1 thread": (n, 1, BATCH, {}),
+        f"D 1 rank, batch {BATCH // n}": (1, 1, BATCH // n, {}),
+        f"E {n} ranks, gpunn's threads": (n, None, BATCH, {}),
     }
-    runs: dict[str, dict] = {}
+    if args.oversubscribed:
+        configs[f"F {n} ranks x {cores} threads"] = (
+            n, None, BATCH, {"GPUNN_THREADS_PER_RANK": str(cores)}
+        )  # fmt: skip
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
     for _ in range(args.repeat):
-        for name, (ranks, threads, batch) in configs.items():
-            r = launch(ranks, threads, args, batch)
-            if name not in runs or r["samples_per_s"] > runs[name]["samples_per_s"]:
-                runs[name] = r
+        for name, (ranks, threads, batch, extra) in configs.items():
+            runs[name].append(launch(ranks, threads, args, batch, **extra))
     print(
-        f"784-256-10 MLP, float32, SGD, global batch {BATCH}, {args.samples} samples, NumPy "
-        f"(best of {args.repeat})"
+        f"784-256-10 MLP, float32, SGD, global batch {BATCH}, {args.samples} samples, NumPy, "
+        f"{cores} cores; {args.repeat} interleaved repetition(s)"
     )
-    print(f"{'run':<24}{'samples/s':>12}{'step ms':>10}{'allreduce ms':>14}{'share':>8}")
-    for name, r in runs.items():
-        share = r["allreduce_ms_per_step"] / r["step_ms"]
+    print(
+        f"{'run':<28}{'threads':>8}{'samples/s median':>18}{'(min-max)':>20}{'best':>10}"
+        f"{'step ms':>9}{'allreduce ms':>14}{'share':>7}"
+    )
+    best = {}
+    for name, results in runs.items():
+        rates = [r["samples_per_s"] for r in results]
+        top = max(results, key=lambda r: r["samples_per_s"])
+        best[name] = top
+        share = top["allreduce_ms_per_step"] / top["step_ms"]
+        span = f"({min(rates):,.0f}-{max(rates):,.0f})"
         print(
-            f"{name:<24}{r['samples_per_s']:>12,.0f}{r['step_ms']:>10.1f}"
-            f"{r['allreduce_ms_per_step']:>14.2f}{share:>8.1%}"
+            f"{name:<28}{top['threads'] or '?':>8}{statistics.median(rates):>18,.0f}{span:>20}"
+            f"{top['samples_per_s']:>10,.0f}{top['step_ms']:>9.1f}"
+            f"{top['allreduce_ms_per_step']:>14.2f}{share:>7.1%}"
         )
-    a, b, c, d = runs.values()
+    a, b, c, d, e = (best[name] for name in list(configs)[:5])
     alone = c["allreduce_alone_ms"]
     ideal = a["step_ms"] / (n * (d["step_ms"] + alone))
     print(f"all-reduce of the gradient buffer alone (ranks arriving together): {alone:.2f} ms")
     print(f"scaling efficiency C / ({n} x A): {c['samples_per_s'] / (n * a['samples_per_s']):.2f}")
     print(f"speed-up C / B (the same cores): {c['samples_per_s'] / b['samples_per_s']:.2f}")
+    print(f"gpunn's own thread choice E / C: {e['samples_per_s'] / c['samples_per_s']:.2f}")
     print(f"efficiency if the ranks' cores did not slow each other (from D): {ideal:.2f}")
+    if args.oversubscribed:
+        f = best[list(configs)[5]]
+        print(f"oversubscribed F / E: {f['samples_per_s'] / e['samples_per_s']:.3f}")
 
 
 if __name__ == "__main__":

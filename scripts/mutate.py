@@ -12,7 +12,20 @@ the project, never in the working tree. Docstrings, annotations, decorators and 
 Each mutant runs in a child forked from this process, which has imported the test
 dependencies once (NumPy, pytest, torch, ...), so a mutant costs only its tests: POSIX only.
 
-    nice -n 19 .venv/bin/python scripts/mutate.py                       # the whole scope
+Running every test of a module's files on each of its ~1,400 mutants would take most of a day
+on two cores, so the tests are chosen per mutant, and every verdict still comes from tests that
+ran on that mutant:
+
+1. each test file runs once on the unmutated code, recording (call events only) which tests
+   call which function of the modules in scope;
+2. a mutant runs the tests that call its function (those that start a subprocess, which the
+   recording cannot see into, always; a function also called at import: all tests), with
+   ``-x``. When they fail, the same selection is run once on the unmutated code: the kill
+   counts only if it passes there;
+3. a mutant those tests leave green runs again with *all* of its test files, so a survivor is
+   one that the whole of its files let through.
+
+    nice -n 19 .venv/bin/python scripts/mutate.py -j 2                  # the whole scope
     nice -n 19 .venv/bin/python scripts/mutate.py gpunn/checkpoint.py   # one module
     .venv/bin/python scripts/mutate.py --list gpunn/math/dense.py       # show the mutants
 
@@ -32,6 +45,7 @@ import argparse
 import ast
 import contextlib
 import copy
+import functools
 import hashlib
 import importlib
 import json
@@ -45,6 +59,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +73,11 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "gpunn/math/losses.py": ("tests/test_losses.py",),
     "gpunn/math/optim.py": ("tests/test_optim.py",),
     "gpunn/math/network.py": ("tests/test_math_network.py",),
+    "gpunn/math/conv.py": ("tests/test_math_conv.py",),
+    "gpunn/math/pool.py": ("tests/test_math_conv.py",),
+    "gpunn/math/conv_pool.py": ("tests/test_math_conv.py",),
+    "gpunn/math/batchnorm.py": ("tests/test_math_conv.py",),
+    "gpunn/math/flatten.py": ("tests/test_math_conv.py",),
     "gpunn/checkpoint.py": ("tests/test_checkpoint.py",),
     "gpunn/training/loop.py": (
         "tests/test_training.py",
@@ -334,12 +354,16 @@ class Result:
     change: str
     status: str  # killed, survived, equivalent (a survivor listed as such), timeout
     seconds: float
+    tests: str  # "selected" (the tests calling its function), "all", or "earlier" (--skip-killed)
 
 
 #: imported once by this process before it forks one child per mutant, so a child starts
 #: without paying for them again (gpunn itself is imported afresh, from the scratch copy, in
 #: each child). mpi4py.MPI is left out on purpose: importing it starts MPI.
-PRELOAD = ("numpy", "pytest", "hypothesis", "safetensors.numpy", "rich.progress", "torch", "cupy")
+PRELOAD = (
+    *("numpy", "pytest", "hypothesis", "safetensors.numpy", "rich.progress", "torch", "cupy"),
+    *("threadpoolctl", "unittest.mock", "urllib.request", "inspect", "asyncio", "subprocess"),
+)
 
 
 def _preload() -> None:
@@ -348,8 +372,70 @@ def _preload() -> None:
             importlib.import_module(name)
 
 
-def _child(scratch: Path, tests: tuple[str, ...]) -> int:
-    """In the forked child: run pytest on ``tests`` against the scratch copy."""
+def _function_of(qualname: str) -> str:
+    """A code object's ``co_qualname`` as a mutant names its function: ``A.f.<locals>.g`` ->
+    ``A.f.g``; lambdas, comprehensions and generator expressions belong to their function."""
+    return ".".join(part for part in qualname.split(".") if not part.startswith("<"))
+
+
+class _Tracer:
+    """A pytest plugin recording, for each test, which functions of the scope modules it calls.
+
+    Only call events are traced (no line events): the cost is one Python call per function
+    call. Calls made outside any test (imports, collection) are recorded under "" and make a
+    function "always run": its mutants get every test. Tests that start a subprocess (MPI
+    jobs, the CLI) run code this process cannot see, so they are run for every mutant.
+    """
+
+    def __init__(self, scratch: Path, modules: list[str]) -> None:
+        self.files = {str((scratch / m).resolve()): m for m in modules}
+        self.test = ""
+        self.calls: dict[str, dict[str, set[str]]] = {m: {} for m in modules}
+        self.spawning: set[str] = set()
+
+    def trace(self, frame: Any, event: str, arg: Any) -> None:
+        module = self.files.get(frame.f_code.co_filename)
+        if module is not None:
+            name = _function_of(frame.f_code.co_qualname)
+            self.calls[module].setdefault(name, set()).add(self.test)
+
+    def pytest_collection_modifyitems(self, items: list[Any]) -> None:
+        self.order = [item.nodeid for item in items]
+
+    def pytest_runtest_protocol(self, item: Any, nextitem: Any) -> None:
+        self.test = item.nodeid  # set-up, call and tear-down of this test
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        self.test = ""
+
+    def start(self) -> None:
+        import subprocess
+        import threading
+
+        original = subprocess.Popen.__init__
+        tracer = self
+
+        def popen(self: Any, *args: Any, **kwargs: Any) -> None:
+            tracer.spawning.add(tracer.test)
+            original(self, *args, **kwargs)
+
+        subprocess.Popen.__init__ = popen  # type: ignore[method-assign]
+        sys.settrace(self.trace)
+        threading.settrace(self.trace)
+
+
+class _Select:
+    """A pytest plugin keeping only the tests named (in their file order)."""
+
+    def __init__(self, keep: frozenset[str]) -> None:
+        self.keep = keep
+
+    def pytest_collection_modifyitems(self, config: Any, items: list[Any]) -> None:
+        items[:] = [item for item in items if item.nodeid in self.keep]
+
+
+def _child(scratch: Path, job: _Job) -> int:
+    """In the forked child: run pytest on the job's tests against the scratch copy."""
     os.setsid()  # a process group of its own: a timeout ends mpiexec and its ranks too
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
@@ -357,38 +443,104 @@ def _child(scratch: Path, tests: tuple[str, ...]) -> int:
     os.chdir(scratch)
     sys.path.insert(0, str(scratch))  # before the installed gpunn
     os.environ.update(PYTHONPATH=str(scratch), PYTHONDONTWRITEBYTECODE="1", MPLBACKEND="Agg")
-    if not tests:  # the check that the scratch copy is what gets imported
+    if not job.tests:  # the check that the scratch copy is what gets imported
         import gpunn
 
         return 0 if Path(gpunn.__file__).resolve().is_relative_to(scratch.resolve()) else 4
     import pytest
 
-    return int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests]))
+    plugins: list[Any] = []
+    if job.trace is not None:
+        tracer = _Tracer(scratch, job.trace)
+        tracer.start()
+        plugins.append(tracer)
+    if job.select is not None:
+        plugins.append(_Select(job.select))
+    code = int(pytest.main(["-x", "-q", "-p", "no:cacheprovider", *job.tests], plugins=plugins))
+    if job.trace is not None and code == 0:
+        sys.settrace(None)
+        record = {
+            "calls": {m: {f: sorted(t) for f, t in c.items()} for m, c in tracer.calls.items()},
+            "spawning": sorted(tracer.spawning),
+            "tests": tracer.order,
+        }
+        Path(job.trace_out).write_text(json.dumps(record), encoding="utf-8")
+    return code
 
 
-def _pytest(scratch: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, float]:
-    """Run ``tests`` in a forked child: "passed", "failed" or "timeout", and the seconds."""
-    start = time.perf_counter()
-    pid = os.fork()
-    if pid == 0:
-        code = 3
-        try:
-            code = _child(scratch, tests)
-        finally:
-            os._exit(code)
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            code = os.waitstatus_to_exitcode(status)
-            return ("passed" if code == 0 else "failed"), time.perf_counter() - start
-        if time.perf_counter() - start > timeout:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return "timeout", time.perf_counter() - start
-        time.sleep(0.02)
+@dataclass
+class _Job:
+    """One pytest run in a scratch copy: which module to write (and with what), which tests."""
+
+    tag: Any  # what the caller wants back with the outcome
+    tests: tuple[str, ...]
+    timeout: float
+    module: str | None = None  # write ``source`` to this module first ...
+    source: Callable[[], str] | None = None  # ... (None: the module as the baseline has it)
+    select: frozenset[str] | None = None  # run only these node ids (None: all)
+    trace: list[str] | None = None  # record calls into these modules (a _Tracer run)
+    trace_out: str = ""
+
+
+class _Pool:
+    """Runs jobs in forked children, at most one per scratch copy at a time."""
+
+    def __init__(self, scratches: list[Path], baseline: dict[str, str]) -> None:
+        self.scratches = scratches
+        self.baseline = baseline  # module -> the source every scratch holds when not mutated
+        self.dirty: list[str | None] = [None] * len(scratches)  # module each scratch has changed
+        self.running: dict[int, tuple[int, _Job, float]] = {}  # pid -> (scratch, job, start)
+
+    def _start(self, slot: int, job: _Job) -> None:
+        scratch = self.scratches[slot]
+        if self.dirty[slot] is not None:
+            module = self.dirty[slot]
+            (scratch / module).write_text(self.baseline[module], encoding="utf-8")
+            self.dirty[slot] = None
+        if job.module is not None and job.source is not None:
+            (scratch / job.module).write_text(job.source(), encoding="utf-8")
+            self.dirty[slot] = job.module
+        pid = os.fork()
+        if pid == 0:
+            code = 3
+            try:
+                code = _child(scratch, job)
+            finally:
+                os._exit(code)
+        self.running[pid] = (slot, job, time.perf_counter())
+
+    def run(self, jobs: Iterator[_Job]) -> Iterator[tuple[_Job, str, float]]:
+        """Yield (job, "passed" | "failed" | "timeout", seconds) as each job ends."""
+        pending = iter(jobs)
+        exhausted = False
+        while True:
+            busy = {slot for slot, _, _ in self.running.values()}
+            while not exhausted and len(busy) < len(self.scratches):
+                job = next(pending, None)
+                if job is None:
+                    exhausted = True
+                    break
+                slot = min(set(range(len(self.scratches))) - busy)
+                self._start(slot, job)
+                busy.add(slot)
+            if not self.running:
+                return
+            for pid, (_slot, job, start) in list(self.running.items()):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                seconds = time.perf_counter() - start
+                if done:
+                    del self.running[pid]
+                    code = os.waitstatus_to_exitcode(status)
+                    yield job, ("passed" if code == 0 else "failed"), seconds
+                elif seconds > job.timeout:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(pid, signal.SIGKILL)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    del self.running[pid]
+                    yield job, "timeout", seconds
+            time.sleep(0.02)
 
 
 def _equivalent_ids() -> dict[str, str]:
@@ -408,58 +560,173 @@ def _warn_stale(equivalent: dict[str, str], modules: list[str], ids: set[str]) -
         )
 
 
+def _selection(function: str, record: dict[str, Any], module: str) -> frozenset[str] | None:
+    """The tests that call ``function`` of ``module`` (or a function inside it), plus those
+    that start subprocesses; None (every test) when it also runs outside tests (at import)."""
+    calls = record["calls"][module]
+    names = [f for f in calls if f == function or f.startswith(function + ".")]
+    if not function or any("" in calls[f] for f in names):
+        return None
+    chosen = {t for f in names for t in calls[f]} | set(record["spawning"])
+    return frozenset(chosen)
+
+
 def run(modules: list[str], args: argparse.Namespace) -> list[Result]:
-    """Test every mutant of ``modules``; prints one line per mutant as it goes."""
+    """Test every mutant of ``modules``; prints one line per mutant as it goes.
+
+    First each test file runs once, unmutated, with every function call into the modules
+    recorded per test (this is also the check that the tests pass on the re-written modules).
+    Then each mutant runs only the tests that call its function (``--all-tests``: every test
+    of its files); a mutant those leave green runs again with all of its files' tests, so a
+    survivor is one the whole of its test files let through. A kill by a selection counts
+    only once that same selection has passed on the unmutated code.
+    """
     equivalent = _equivalent_ids()
     previous: dict[str, str] = {}
     if args.skip_killed:
         for r in json.loads(Path(args.skip_killed).read_text())["mutants"]:
             previous[r["id"]] = r["status"]
-    scratch = Path(tempfile.mkdtemp(prefix="gpunn-mutate-"))
-    results: list[Result] = []
+    work = Path(tempfile.mkdtemp(prefix="gpunn-mutate-"))
+    results: dict[str, Result] = {}
     seen_ids: set[str] = set()
+    sources = {m: (ROOT / m).read_text(encoding="utf-8") for m in modules}
+    # every mutant is written by ast.unparse: the scratch copies hold the unmutated modules
+    # written the same way, and the tests must pass on those
+    baseline = {m: ast.unparse(ast.parse(s)) + "\n" for m, s in sources.items()}
     try:
-        shutil.copytree(ROOT, scratch, ignore=COPY_IGNORE, dirs_exist_ok=True)
+        scratches = []
+        for k in range(args.jobs):
+            scratch = work / f"copy{k}"
+            shutil.copytree(ROOT, scratch, ignore=COPY_IGNORE)
+            for m, text in baseline.items():
+                (scratch / m).write_text(text, encoding="utf-8")
+            scratches.append(scratch)
         sys.dont_write_bytecode = True  # a mutant must never be run from a stale .pyc
         _preload()
-        if _pytest(scratch, (), timeout=args.max_seconds)[0] != "passed":
+        pool = _Pool(scratches, baseline)
+        check = _Job("import", (), args.max_seconds)
+        if next(pool.run(iter([check])))[1] != "passed":
             raise SystemExit("mutate: the tests would not import gpunn from the scratch copy")
-        for module in modules:
-            path, tests = scratch / module, TARGETS[module]
-            source = (ROOT / module).read_text(encoding="utf-8")
-            every = mutants(module, source)
-            seen_ids.update(m.id for m in every)
-            todo = [m for m in every if not args.only or m.id in args.only]
-            # the unchanged module, re-written by ast.unparse as every mutant is: must pass
-            path.write_text(ast.unparse(ast.parse(source)) + "\n", encoding="utf-8")
-            outcome, base = _pytest(scratch, tests, timeout=args.max_seconds)
+
+        # 1. each test file once, unmutated, recording which test calls what
+        files = sorted({t for m in modules for t in TARGETS[m]})
+        traces: dict[str, dict[str, Any]] = {}
+        base_seconds: dict[str, float] = {}
+        trace_jobs = [
+            _Job(f, (f,), args.max_seconds, trace=modules, trace_out=str(work / f"{i}.json"))
+            for i, f in enumerate(files)
+        ]
+        for job, outcome, seconds in pool.run(iter(trace_jobs)):
             if outcome != "passed":
-                raise SystemExit(f"mutate: {' '.join(tests)} do not pass on {module} unmutated")
-            timeout = args.timeout_factor * base + 30
-            print(f"{module}: {len(todo)} mutants, tests {base:.1f} s, timeout {timeout:.0f} s")
-            for n, m in enumerate(todo, 1):
+                raise SystemExit(f"mutate: {job.tag} does not pass on the unmutated modules")
+            traces[job.tag] = json.loads(Path(job.trace_out).read_text(encoding="utf-8"))
+            base_seconds[job.tag] = seconds
+            print(f"{job.tag}: {len(traces[job.tag]['tests'])} tests, {seconds:.1f} s traced")
+
+        # 2. the mutants
+        todo: list[tuple[Mutant, frozenset[str] | None]] = []
+        for module in modules:
+            every = mutants(module, sources[module])
+            seen_ids.update(m.id for m in every)
+            for m in every:
+                if args.only and m.id not in args.only:
+                    continue
                 if previous.get(m.id) == "killed":  # tests only get added: still killed
-                    status, seconds = previous[m.id], 0.0
+                    results[m.id] = Result(
+                        m.id, m.module, m.line, m.function, m.change, "killed", 0.0, "earlier"
+                    )
+                    continue
+                select: frozenset[str] | None = None
+                if not args.all_tests:
+                    picked = [_selection(m.function, traces[f], module) for f in TARGETS[module]]
+                    select = None if None in picked else frozenset().union(*picked)
+                todo.append((m, select))
+            print(
+                f"{module}: {len(every)} mutants, {sum(x[0].module == module for x in todo)} to run"
+            )
+
+        def timeout_for(m: Mutant) -> float:
+            return args.timeout_factor * sum(base_seconds[f] for f in TARGETS[m.module]) + 30
+
+        def job_for(m: Mutant, select: frozenset[str] | None, stage: str, limit: float) -> _Job:
+            if select is not None and not select:  # no test calls it: all of its tests
+                select, stage = None, "all"
+            source = functools.partial(mutated_source, sources[m.module], m.index)
+            return _Job((m, select, stage), TARGETS[m.module], limit, m.module, source, select)
+
+        verified: dict[frozenset[str], bool] = {}  # selection -> passes on unmutated code
+        waiting: dict[frozenset[str], list[tuple[Mutant, float]]] = {}  # kills to confirm
+        count = [len(results), len(results) + len(todo)]
+
+        def record(m: Mutant, status: str, seconds: float, tests: str) -> None:
+            _record(results, m, status, seconds, tests, equivalent)
+            count[0] += 1
+            r = results[m.id]
+            print(
+                f"  [{count[0]}/{count[1]}] {r.status:<10} {seconds:5.1f}s {tests:<8} {m.id}  "
+                f"{m.module}:{m.line} {m.function}  {m.change}",
+                flush=True,
+            )
+
+        queue: list[_Job] = [
+            job_for(m, s, "selected" if s is not None else "all", timeout_for(m)) for m, s in todo
+        ]
+        while queue:
+            batch, queue = queue, []
+            for job, outcome, seconds in pool.run(iter(batch)):
+                if job.tag[0] == "verify":
+                    select = job.tag[1]
+                    verified[select] = outcome == "passed"
+                    for m, secs in waiting.pop(select):
+                        if verified[select]:
+                            record(m, "killed", secs, "selected")
+                        else:  # the selection fails alone: judge the mutant by all its tests
+                            queue.append(job_for(m, None, "all", timeout_for(m)))
+                    continue
+                m, select, stage = job.tag
+                if outcome == "timeout" and not stage.endswith(" again"):
+                    # a busy machine, or a loop that never ends? once more, 3 times the limit
+                    job.tag = (m, select, stage + " again")
+                    job.timeout *= 3
+                    queue.append(job)
+                    continue
+                stage = stage.removesuffix(" again")
+                if stage == "selected" and outcome == "passed":
+                    queue.append(job_for(m, None, "all", timeout_for(m)))  # all of its tests
+                elif stage == "selected" and outcome == "failed" and select not in verified:
+                    if select not in waiting:  # run the selection on the unmutated modules
+                        waiting[select] = []
+                        queue.append(
+                            _Job(
+                                ("verify", select), TARGETS[m.module], timeout_for(m), select=select
+                            )
+                        )
+                    waiting[select].append((m, seconds))
+                elif stage == "selected" and outcome == "failed" and not verified[select]:
+                    queue.append(job_for(m, None, "all", timeout_for(m)))
                 else:
-                    path.write_text(mutated_source(source, m.index), encoding="utf-8")
-                    outcome, seconds = _pytest(scratch, tests, timeout)
-                    if outcome == "timeout":  # a busy machine, or a loop that never ends?
-                        outcome, seconds = _pytest(scratch, tests, 3 * timeout)
                     status = {"failed": "killed", "passed": "survived"}.get(outcome, outcome)
-                if status == "survived" and m.id in equivalent:
-                    status = "equivalent"
-                result = Result(m.id, m.module, m.line, m.function, m.change, status, seconds)
-                results.append(result)
-                print(
-                    f"  [{n}/{len(todo)}] {status:<10} {seconds:5.1f}s  {m.id}  "
-                    f"{m.module}:{m.line} {m.function}  {m.change}",
-                    flush=True,
-                )
-            path.write_text(source, encoding="utf-8")
+                    record(m, status, seconds, stage)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     _warn_stale(equivalent, modules, seen_ids)
-    return results
+    order = {
+        m.id: n for n, m in enumerate(m for mod in modules for m in mutants(mod, sources[mod]))
+    }
+    return sorted(results.values(), key=lambda r: order.get(r.id, 0))
+
+
+def _record(
+    results: dict[str, Result],
+    m: Mutant,
+    status: str,
+    seconds: float,
+    tests: str,
+    equivalent: dict[str, str],
+) -> None:
+    if status == "survived" and m.id in equivalent:
+        status = "equivalent"
+    results[m.id] = Result(m.id, m.module, m.line, m.function, m.change, status, seconds, tests)
 
 
 # ------------------------------------------------------------------------------------------
@@ -543,6 +810,19 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=900.0,
         help="limit for the unmutated run of a module's tests",
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=1,
+        help="mutants tested at once, each in its own scratch copy (one per free core)",
+    )
+    parser.add_argument(
+        "--all-tests",
+        action="store_true",
+        help="run every test of a mutant's files at once, not first the tests that call its "
+        "function",
     )
     args = parser.parse_args(argv)
     modules = args.modules or list(TARGETS)

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -18,10 +18,12 @@ from gpunn.math.activations import (
     relu_forward,
     sigmoid_backward,
     sigmoid_forward,
+    softmax_backward,
+    softmax_forward,
     tanh_backward,
     tanh_forward,
 )
-from gpunn.testing import check_function_gradients, check_layer_gradients
+from gpunn.testing import check_function_gradients, check_layer_gradients, ftz
 
 Z = np.array([[-2.0, -0.5, 0.0, 0.5, 2.0], [-3.0, 1.0, -1e-3, 1e-3, 10.0]])
 SIG = 1.0 / (1.0 + np.exp(-Z))
@@ -91,6 +93,37 @@ def test_sigmoid_is_stable_for_large_inputs(backend, dtype):
     assert np.all(np.isfinite(dz)) and dz[0, 0] == 0.0 and dz[0, -1] == 0.0
     if dtype == "float64":
         np.testing.assert_allclose(a[0, 1:-1], 1 / (1 + np.exp(-z[0, 1:-1])), rtol=1e-14)
+
+
+def test_softmax_exact_values(backend):
+    """Rows [0, log 2, log 5] -> [1, 2, 5] / 8; a constant row -> uniform."""
+    z = backend.asarray([[0.0, np.log(2.0), np.log(5.0)], [7.0, 7.0, 7.0]], dtype="float64")
+    a = backend.to_numpy(softmax_forward(z, xp=backend.xp))
+    np.testing.assert_allclose(a, [[1 / 8, 2 / 8, 5 / 8], [1 / 3, 1 / 3, 1 / 3]], rtol=1e-14)
+    assert backend.to_numpy(z)[1, 0] == 7.0  # the input is left as it was
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_softmax_is_stable_for_large_logits(backend, dtype):
+    """exp(1000) overflows; shifted by the row maximum it never does."""
+    z = backend.asarray([[1000.0, 999.0, -1000.0], [-1000.0, -1001.0, -1000.0]], dtype=dtype)
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        a = backend.to_numpy(softmax_forward(z, xp=backend.xp))
+    assert a.dtype == np.dtype(dtype)
+    q = np.exp(-1.0)  # shifted by the row maximum, the rows are (0, -1, -2000), (0, -1, 0)
+    tol = 1e-6 if dtype == "float32" else 1e-14
+    np.testing.assert_allclose(a[0], [1 / (1 + q), q / (1 + q), 0.0], rtol=tol, atol=tol)
+    np.testing.assert_allclose(a[1], [1 / (2 + q), q / (2 + q), 1 / (2 + q)], rtol=tol)
+
+
+def test_softmax_into_out(backend):
+    z = backend.asarray(np.random.default_rng(5).standard_normal((4, 3)))
+    out = backend.xp.empty_like(z)
+    assert softmax_forward(z, xp=backend.xp, out=out) is out
+    expected = np.exp(backend.to_numpy(z))
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(backend.to_numpy(out), expected, rtol=1e-12)
 
 
 def test_tanh_saturates_without_warnings(backend):
@@ -164,6 +197,10 @@ FUNCTIONS = {
         lambda z: tanh_forward(z, xp=np),
         lambda z, a, dy: tanh_backward(dy, a, xp=np),
     ),
+    "softmax": (
+        lambda z: softmax_forward(z, xp=np),
+        lambda z, a, dy: softmax_backward(dy, a, xp=np),
+    ),
 }
 
 
@@ -194,8 +231,12 @@ fixture_ok = settings(  # fixed examples, nothing written to disk: the same run 
 )
 
 
+SUBNORMAL = np.float32(1e-45)  # the smallest positive float32: 2**-149
+
+
 @fixture_ok
 @given(z=finite_float32)
+@example(z=np.array([SUBNORMAL, -SUBNORMAL, 0.0, 1e-38], dtype=np.float32))
 def test_sigmoid_in_unit_interval_for_any_finite_float32(backend, z):
     with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
         warnings.simplefilter("error")
@@ -210,10 +251,14 @@ def test_sigmoid_in_unit_interval_for_any_finite_float32(backend, z):
 
 @fixture_ok
 @given(z=finite_float32, slope=st.floats(0, 0.99))
+@example(z=np.array([SUBNORMAL], dtype=np.float32), slope=0.0)  # the GPU's answer is 0
+@example(z=np.array([-1e-38, 1e-38, 3e-38], dtype=np.float32), slope=0.5)  # slope z subnormal
 def test_leaky_relu_is_max_of_z_and_slope_z(backend, z, slope):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         a = backend.to_numpy(leaky_relu_forward(backend.asarray(z), slope, xp=backend.xp))
         tanh = backend.to_numpy(tanh_forward(backend.asarray(z), xp=backend.xp))
-    np.testing.assert_array_equal(a, np.maximum(z, np.float32(slope) * z))
+    # on a GPU float32 subnormals are flushed (CuPy's -ftz=true): max(z, slope z) is 0 at 1e-45
+    want = ftz.expected(lambda z: np.maximum(z, np.float32(slope) * z), z, ftz=backend.is_gpu)
+    np.testing.assert_array_equal(a, want)
     assert np.all(np.abs(tanh) <= 1)

@@ -13,6 +13,10 @@ import pytest
 
 import gpunn
 
+#: learning runs of many steps: they check convergence, not device rules, so the `backend`
+#: fixture gives them NumPy and a real GPU but not the (slower) emulation of CuPy
+pytestmark = pytest.mark.slow
+
 X = np.array([[0, 0, 1], [0, 1, 1], [1, 0, 1], [1, 1, 1]], dtype=float)
 Y = np.array([0, 1, 1, 0], dtype=float)
 ITERATIONS = 1500

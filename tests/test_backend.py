@@ -139,6 +139,27 @@ def test_tf32_has_no_effect_on_numpy():
     assert gpunn.get_backend("numpy", tf32=True).tf32 is False
 
 
+def test_tf32_names_gpunn_uses_exist_in_the_installed_cupy():
+    """gpunn switches TF32 with CuPy's per-process compute type (importable without a GPU); the
+    cuBLAS math-mode constant it used before, CUBLAS_TF32_TENSOR_OP_MATH, is in no CuPy."""
+    cupy = pytest.importorskip("cupy", reason="needs the cupy package (a GPU is not needed)")
+    api = backend_module._compute_type_api(cupy)
+    assert api is not None, f"CuPy {cupy.__version__} has no compute-type switch"
+    linalg = cupy._core._routines_linalg
+    assert api.set is linalg.set_compute_type and api.get is linalg.get_compute_type
+    assert (api.tf32, api.default) == (linalg.COMPUTE_TYPE_TF32, linalg.COMPUTE_TYPE_DEFAULT)
+    assert api.tf32 != api.default
+
+
+@pytest.mark.parametrize("spec", ["cupy", "auto"])
+def test_tf32_without_cupys_switch_raises_a_clear_error(monkeypatch, spec):
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy())  # a stand-in without cupy._core
+    with pytest.raises(backend_module.TF32UnsupportedError, match="TF32 needs CuPy >= 13"):
+        gpunn.get_backend(spec, tf32=True)
+    b = gpunn.get_backend(spec)
+    assert b.is_gpu and b.tf32 is False  # without tf32= nothing is switched
+
+
 def test_to_numpy_copies_device_arrays_through_get():
     class DeviceArray:
         def get(self):
@@ -357,6 +378,30 @@ def test_env_var_garbage_raises_value_error(monkeypatch):
     for form in ('"auto"', '"numpy"', '"cupy"', '"cupy:N"'):
         assert form in str(info.value)
     assert gpunn.get_backend("numpy").name == "numpy"  # an explicit spec wins over the variable
+
+
+def test_env_var_garbage_names_the_variable(monkeypatch):
+    monkeypatch.setenv("GPUNN_BACKEND", "bogus")
+    with pytest.raises(ValueError, match=r"^environment variable GPUNN_BACKEND: .*'bogus'"):
+        gpunn.get_backend()
+    with pytest.raises(ValueError) as info:
+        gpunn.get_backend("bogus")  # an explicit spec is not the variable's fault
+    assert "GPUNN_BACKEND" not in str(info.value)
+
+
+def test_the_fallback_warning_points_at_the_callers_line(monkeypatch):
+    """The warning is raised deep inside gpunn (Sequential -> get_backend) but must show the
+    user's own line, the one that asked for a model."""
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.delenv("GPUNN_BACKEND", raising=False)
+    backend_module._clear_probe_cache()
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        line = sys._getframe().f_lineno + 1
+        gpunn.Sequential([gpunn.Dense(2, 2)])
+    found = fallback_warnings(record)
+    assert len(found) == 1
+    assert (found[0].filename, found[0].lineno) == (__file__, line)
 
 
 @pytest.mark.parametrize("spec", ["gpu", "cuda", "cupy:", "cupy:x", "cupy:-1", "numpy:0", "", 3])

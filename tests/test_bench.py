@@ -25,10 +25,32 @@ import pytest
 from gpunn.backend import Backend, available_backends
 from gpunn.bench import cli as bench_cli
 from gpunn.bench.crossover import crossover, interpolate_loglog
-from gpunn.bench.harness import SweepConfig, compute_crossovers, measure_point
-from gpunn.bench.results import ROW_FIELDS, SCHEMA, TOP_LEVEL_FIELDS
+from gpunn.bench.harness import (
+    CONV_BATCH_SIZES,
+    DEFAULT_BATCH_SIZES,
+    SweepConfig,
+    compute_crossovers,
+    measure_point,
+)
+from gpunn.bench.results import (
+    NOTES,
+    ROW_FIELDS,
+    SCHEMA,
+    TOP_LEVEL_FIELDS,
+    flag_ratios,
+    markdown_table,
+    ratio_is_noisy,
+    table_cells,
+)
 from gpunn.bench.timing import Policy, Timed, relative_spread, time_call, time_interleaved
-from gpunn.bench.workload import GemmWorkload, gemm_shapes, parse_model
+from gpunn.bench.workload import (
+    ConvNet,
+    GemmWorkload,
+    GpunnWorkload,
+    gemm_shapes,
+    im2col_bytes,
+    parse_model,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = Policy(warmup_calls=1, warmup_s=0.0, min_repeats=3, budget_s=0.01, settle_s=0.0)
@@ -340,6 +362,131 @@ def test_a_step_has_3L_minus_1_gemms() -> None:
     assert g.count == 5
 
 
+def test_lenet5_is_a_preset_with_its_own_batch_sizes() -> None:
+    lenet = parse_model("lenet5")
+    assert lenet == ConvNet("lenet5", (1, 28, 28), 10)
+    args = parse(["bench", "--model", "lenet5,small"])
+    cfg, _, _ = bench_cli._build(args)
+    assert cfg.batches(lenet) == list(CONV_BATCH_SIZES) == [16, 32, 64, 128, 256]
+    assert cfg.batches((64, 64, 10)) == list(DEFAULT_BATCH_SIZES)
+    assert cfg.settings()["batch_sizes_per_model"]["lenet5-1x28x28"] == [16, 32, 64, 128, 256]
+    chosen, _, _ = bench_cli._build(parse(["bench", "--model", "lenet5", "--batch-sizes", "8,2"]))
+    assert chosen.batches(lenet) == [2, 8]
+
+
+def test_a_lenet5_step_has_14_gemms_im2col_and_dense() -> None:
+    """Conv as im2col: W (O, C*kh*kw) @ cols (C*kh*kw, N*Ho*Wo); its weight gradient
+    dz @ cols^T and input gradient W^T @ dz; no input gradient for the first layer."""
+    n = 4
+    shapes = gemm_shapes(parse_model("lenet5"), n)
+    assert [role for role, _, _ in shapes] == [
+        "fwd0", "dW0",  # conv 1->6, 5x5 pad 2: 28x28 outputs
+        "fwd1", "dW1", "dx1",  # conv 6->16, 5x5 on the pooled 14x14: 10x10 outputs
+        "fwd2", "dW2", "dx2",  # Dense 400 -> 120
+        "fwd3", "dW3", "dx3",  # Dense 120 -> 84
+        "fwd4", "dW4", "dx4",  # Dense 84 -> 10
+    ]  # fmt: skip
+    assert shapes[0] == ("fwd0", "(6,25)", f"(25,{n * 28 * 28})")
+    assert shapes[1] == ("dW0", f"(6,{n * 784})", f"({n * 784},25)")
+    assert shapes[2:5] == [
+        ("fwd1", "(16,150)", f"(150,{n * 100})"),
+        ("dW1", f"(16,{n * 100})", f"({n * 100},150)"),
+        ("dx1", "(150,16)", f"(16,{n * 100})"),
+    ]
+    assert shapes[5] == ("fwd2", f"({n},400)", "(400,120)")
+    assert shapes[-1] == ("dx4", f"({n},10)", "(10,84)")
+
+    from gpunn import get_backend
+
+    g = GemmWorkload(parse_model("lenet5"), n, get_backend("numpy"))
+    g.run()
+    assert g.count == 14
+    outs = [out.shape for _, _, _, out in g.calls]
+    assert outs[0] == (6, n * 784) and outs[4] == (150, n * 100) and outs[-1] == (n, 84)
+    # the transposed operands are views, as in the step: dW0's cols^T and dx1's W^T
+    assert not g.calls[1][2].flags.c_contiguous and not g.calls[4][1].flags.c_contiguous
+
+
+@pytest.mark.parametrize("batch", [2, 5])
+def test_im2col_bytes_are_the_columns_the_conv_layers_keep(batch: int) -> None:
+    """After a step, LeNet-5's Conv2D layers hold their im2col columns: each conv is fused with
+    its 2x2 max-pool, so a column holds a (kh+1) x (kw+1) patch per 2x2 block of outputs:
+    conv 1: 1*6*6 rows x 14*14*N blocks (no input gradient, so no dcols); conv 2: 6*6*6 rows x
+    5*5*N blocks, for cols and for dcols. float32."""
+    from gpunn import get_backend
+
+    w = GpunnWorkload.create(parse_model("lenet5"), batch, get_backend("numpy"))
+    assert im2col_bytes(w.model) == 0  # nothing allocated before the first step
+    w.train_step()
+    expected = 4 * (36 * 196 * batch + 2 * 216 * 25 * batch)
+    assert im2col_bytes(w.model) == expected
+
+
+def test_a_lenet5_point_times_gpunn_its_gemms_and_torch() -> None:
+    from gpunn import get_backend
+
+    torch = None if torch_or_none() == "none" else __import__("torch")
+    backend = get_backend("numpy")
+    lenet = parse_model("lenet5")
+    cfg = SweepConfig(backends=[backend], models=[lenet], policy=FAST, torch=torch)
+    rows = measure_point(lenet, 2, backend, cfg)
+    row = rows[0]
+    assert (row["model"], row["model_name"], row["params"]) == ("lenet5-1x28x28", "lenet5", 61706)
+    assert row["gemm_count"] == 14 and row["limit_fraction"] > 0
+    assert row["im2col_bytes"] == 4 * (36 * 196 * 2 + 2 * 216 * 25 * 2)
+    if torch is not None:
+        assert rows[1]["engine"] == "torch" and rows[1].get("im2col_bytes") is None
+        assert row["vs_torch_train"] == pytest.approx(
+            row["train_samples_per_s"] / rows[1]["train_samples_per_s"]
+        )
+    mlp = measure_point((6, 5, 3), 2, backend, SweepConfig([backend], [(6, 5, 3)], policy=FAST))
+    assert mlp[0]["im2col_bytes"] is None
+
+
+def test_the_torch_twin_of_a_cnn_computes_what_gpunn_computes() -> None:
+    """Same layers, weights and batch in float64: the same logits, and after one SGD step the
+    same weights (LeNet-5, and a small net with BatchNorm and average pooling)."""
+    torch = pytest.importorskip("torch")
+    import gpunn
+    from gpunn.bench.torch_ref import TorchWorkload
+
+    backend = gpunn.get_backend("numpy")
+    small = [
+        gpunn.Conv2D(2, 4, 3, padding=1),
+        gpunn.BatchNorm2D(4),
+        gpunn.Tanh(),
+        gpunn.AvgPool2D(2),
+        gpunn.Flatten(),
+        gpunn.Dense(4 * 3 * 3, 5),
+    ]
+    nets = [
+        GpunnWorkload.create(parse_model("lenet5"), 3, backend, dtype="float64"),
+        GpunnWorkload(
+            gpunn.Sequential(small, backend=backend, dtype="float64", input_shape=(2, 6, 6)),
+            gpunn.SoftmaxCrossEntropy(),
+            gpunn.SGD(0.01),
+            np.random.default_rng(0).standard_normal((3, 2, 6, 6)),
+            np.array([0, 4, 2]),
+        ),
+    ]
+    for w in nets:
+        initial = w.model.state_dict()
+        t = TorchWorkload(torch, initial, w.x, w.y, lr=0.01, layers=w.model.layers)
+        logits = t.model(t.x).detach().numpy()
+        np.testing.assert_allclose(logits, w.model.forward(w.x), rtol=1e-10, atol=1e-12)
+        w.train_step()
+        t.train_step()
+        mine = w.model.state_dict()
+        for name, value in t.model.named_parameters():
+            index, kind = name.split(".")
+            key = f"{index}.{ {'weight': 'W', 'bias': 'b'}[kind] }"
+            if w.model.layers[int(index)].kind.startswith("BatchNorm"):
+                key = f"{index}.{ {'weight': 'gamma', 'bias': 'beta'}[kind] }"
+            got = value.detach().numpy()
+            got = got.T if w.model.layers[int(index)].kind == "Dense" else got
+            np.testing.assert_allclose(mine[key], got, rtol=1e-9, atol=1e-12, err_msg=key)
+
+
 # --------------------------------------------------------------------------------------------
 # Crossover on constructed data
 # --------------------------------------------------------------------------------------------
@@ -476,6 +623,14 @@ def test_tiny_sweep_writes_json_with_the_documented_fields(tiny_run: Path) -> No
         assert row["limit_fraction"] == pytest.approx(row["gemm_s"] / row["train_s"])
         if "torch" in engines:
             assert row["vs_torch_train"] > 0
+            assert isinstance(row["vs_torch_train_noisy"], bool)
+            assert isinstance(row["vs_torch_infer_noisy"], bool)
+        assert isinstance(row["limit_fraction_noisy"], bool)
+        limits = (row["limit_fraction"], row["limit_fraction_best"])
+        assert row["limit_fraction_disturbed"] is (max(limits) > 1)
+    for row in rows:
+        if row["engine"] == "torch":  # the flags belong to the ratios, on gpunn rows
+            assert row["vs_torch_train_noisy"] is None and row["limit_fraction_noisy"] is None
     env = report["environment"]
     for key in ("cpu_model", "cpu_cores", "blas", "numpy_version", "gpus", "torch"):
         assert key in env
@@ -507,11 +662,44 @@ def test_cpu_baseline_is_read_back(tiny_run: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "bench.png").exists()
 
 
-def test_bad_requests_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for extra in (["--model", "huge"], ["--batch-sizes", "0,4"], ["--cpu-baseline", "nope.json"]):
-        args = parse(["bench", "--backend", "numpy", "--out", str(tmp_path), *extra])
-        assert bench_cli.run(args) == 2
-    assert "gpunn bench: error:" in capsys.readouterr().err
+@pytest.fixture
+def no_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if the sweep starts: these errors must be found before it."""
+
+    def sweep(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the sweep started before the error was found")
+
+    monkeypatch.setattr(bench_cli, "run_sweep", sweep)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [["--model", "huge"], ["--batch-sizes", "0,4"], ["--batch-sizes", "a"], ["--backend", "tpu"]],
+)
+def test_usage_errors_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_sweep: None, extra: list[str]
+) -> None:
+    args = parse(["bench", "--backend", "numpy", "--out", str(tmp_path), *extra])
+    assert bench_cli.run(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpunn bench: error:") and err.count("\n") == 1, err
+
+
+def test_a_missing_or_bad_cpu_baseline_is_a_runtime_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_sweep: None
+) -> None:
+    missing = tmp_path / "nope.json"
+    args = parse(["bench", "--backend", "numpy", "--out", str(tmp_path / "o")])
+    args.cpu_baseline = str(missing)
+    assert bench_cli.run(args) == 1
+    assert (
+        capsys.readouterr().err == f"gpunn bench: error: --cpu-baseline: no such file: {missing}\n"
+    )
+    wrong = tmp_path / "other.json"
+    wrong.write_text('{"schema": "something else"}')
+    args.cpu_baseline = str(wrong)
+    assert bench_cli.run(args) == 1
+    assert "is not a gpunn bench.json" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(
@@ -519,11 +707,165 @@ def test_bad_requests_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     reason="a GPU is usable here",
 )
 def test_unavailable_cupy_is_an_error_not_a_fallback(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_sweep: None
 ) -> None:
     args = parse(["bench", "--backend", "numpy,cupy", "--out", str(tmp_path)])
-    assert bench_cli.run(args) == 2
+    assert bench_cli.run(args) == 1
     assert "cupy" in capsys.readouterr().err
+
+
+def test_compare_torch_without_torch_is_an_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    no_sweep: None,
+) -> None:
+    """An explicit --compare torch that cannot be honoured fails (like --backend cupy);
+    --compare auto goes on without PyTorch and says so."""
+    why = "PyTorch is not installed (No module named 'torch'); install it: pip install torch"
+    monkeypatch.setattr(bench_cli, "load_torch", lambda: (None, why))
+    args = parse(["bench", "--backend", "numpy", "--compare", "torch", "--out", str(tmp_path)])
+    assert bench_cli.run(args) == 1
+    assert capsys.readouterr().err == f"gpunn bench: error: --compare torch: {why}\n"
+    cfg, notes, _ = bench_cli._build(parse(["bench", "--backend", "numpy", "--out", str(tmp_path)]))
+    assert cfg.torch is None and notes == [f"PyTorch not measured: {why}"]
+
+
+def test_missing_matplotlib_is_found_before_the_sweep(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    no_sweep: None,
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    out = tmp_path / "out"
+    args = parse(["bench", "--backend", "numpy", *TINY, "--compare", "none", "--out", str(out)])
+    assert bench_cli.run(args) == 1
+    err = capsys.readouterr().err
+    assert "bench.png needs matplotlib, which is not installed" in err
+    assert "pip install 'gpunn[bench]'" in err and "--no-plot" in err
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_no_plot_needs_no_matplotlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    args = parse(["bench", "--backend", "numpy", *TINY, "--compare", "none", "--no-plot"])
+    args.out, args.settle = str(tmp_path), 0.0
+    assert bench_cli.run(args) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bench.csv", "bench.json", "bench.md"]
+
+
+def test_an_unwritable_out_folder_is_found_before_the_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_sweep: None
+) -> None:
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the folder should be")
+    args = parse(["bench", "--backend", "numpy", "--compare", "none", "--out", str(blocker)])
+    assert bench_cli.run(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"gpunn bench: error: cannot write the results to --out {blocker}: ")
+    assert "choose another folder with --out" in err
+
+
+def test_the_gpunn_command_exits_1_and_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], no_sweep: None
+) -> None:
+    """Through the main entry point: usage errors 2, runtime errors 1, one line each."""
+    from gpunn.cli import main
+
+    common = ["bench", "--backend", "numpy", "--compare", "none", "--out", str(tmp_path)]
+    assert main([*common, "--model", "huge"]) == 2
+    assert main([*common, "--cpu-baseline", str(tmp_path / "missing.json")]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all(line.startswith("gpunn bench: error:") for line in err)
+
+
+def test_the_default_out_folder_is_not_the_committed_results() -> None:
+    args = parse(["bench"])
+    assert Path(args.out) == Path("bench-out")
+    assert Path(args.out).resolve() != (REPO / "bench" / "results").resolve()
+    ignored = (REPO / ".gitignore").read_text().splitlines()
+    assert "/bench-out/" in ignored
+
+
+# --------------------------------------------------------------------------------------------
+# Ratios that mean little: noisy spreads, disturbed limit fractions
+# --------------------------------------------------------------------------------------------
+
+
+def timed_row(prefix: str, samples_s: list[float]) -> dict:
+    """A row's fields for one timing, from per-repeat seconds (as the harness makes them)."""
+    return {
+        f"{prefix}_s": float(np.median(samples_s)),
+        f"{prefix}_min_s": min(samples_s),
+        f"{prefix}_max_s": max(samples_s),
+        f"{prefix}_spread": relative_spread(samples_s),
+    }
+
+
+def test_a_torch_timing_spread_over_50x_makes_its_ratio_noisy() -> None:
+    """The reported case: torch from 159 to 8,242 samples/s gave "vs torch 36.25"."""
+    batch = 64
+    gpunn_row = timed_row("train", [batch / r for r in (8300, 8350, 8400, 8380, 8310, 8290, 8330)])
+    torch_row = timed_row("train", [batch / r for r in (159, 170, 229, 8242, 180, 240, 200)])
+    assert ratio_is_noisy(gpunn_row, "train", torch_row, "train")
+    steady = timed_row("train", [batch / r for r in (8000, 8100, 8050, 7990, 8020, 8060, 8040)])
+    assert not ratio_is_noisy(gpunn_row, "train", steady, "train")
+    # one slow repeat among many fast ones (a 5x outlier) is enough: the speed changed
+    outlier = timed_row("train", [batch / r for r in (8000, 8010, 8020, 1600, 8030, 8040, 8050)])
+    assert ratio_is_noisy(gpunn_row, "train", outlier, "train")
+    # moderate spreads that together stay within the rule
+    a = timed_row("train", [1.0, 1.1, 1.2, 1.15, 1.05, 1.1, 1.12])
+    b = timed_row("train", [1.0, 1.2, 1.3, 1.1, 1.25, 1.15, 1.05])
+    assert a["train_spread"] + b["train_spread"] < 0.5 and not ratio_is_noisy(
+        a, "train", b, "train"
+    )
+    wide = timed_row("train", [1.0, 1.1, 2.0, 2.5, 1.05, 2.2, 2.4])  # max / min only 2.5
+    assert wide["train_spread"] > 0.5 and ratio_is_noisy(wide, "train", a, "train")
+
+
+def row_with(**fields: object) -> dict:
+    quiet = {k: v for p in ("train", "infer", "gemm") for k, v in timed_row(p, [1.0] * 7).items()}
+    row = {name: None for name in ROW_FIELDS}
+    row |= {"model": "784-256-10", "batch": 64, "engine": "gpunn", "device": "numpy"}
+    row |= quiet | {"train_samples_per_s": 64.0, "gemm_count": 5}
+    row |= {"limit_fraction": 0.8, "limit_fraction_best": 0.85}
+    return row | fields
+
+
+def test_a_limit_fraction_above_1_is_marked_disturbed_wherever_it_is_printed() -> None:
+    row = row_with(limit_fraction=0.91, limit_fraction_best=1.03)
+    row |= flag_ratios(row)
+    assert row["limit_fraction_disturbed"] is True and row["limit_fraction_noisy"] is False
+    cell = table_cells(row)[6]
+    assert cell == "0.91 (1.03) disturbed"
+    md = markdown_table({"rows": [row], "crossovers": []})
+    assert "0.91 (1.03) disturbed" in md and f"- {NOTES['disturbed']}" in md
+    sound = row_with() | flag_ratios(row_with())
+    assert not sound["limit_fraction_disturbed"] and table_cells(sound)[6] == "0.80 (0.85)"
+    assert "disturbed" not in markdown_table({"rows": [sound], "crossovers": []})
+    above = row_with(limit_fraction=1.2, limit_fraction_best=0.9)
+    assert flag_ratios(above)["limit_fraction_disturbed"]
+
+
+def test_noisy_ratios_are_marked_in_the_table_and_explained() -> None:
+    batch = 64
+    row = row_with(vs_torch_train=36.25, vs_torch_train_best=1.01, vs_torch_infer=1.5)
+    row |= timed_row("train", [batch / r for r in (8300, 8350, 8400, 8380, 8310, 8290, 8330)])
+    torch_row = row_with(engine="torch", device="cpu")
+    torch_row |= timed_row("train", [batch / r for r in (159, 170, 229, 8242, 180, 240, 200)])
+    flags = flag_ratios(row, torch_row)
+    assert flags == {
+        "limit_fraction_noisy": False,  # gpunn's own timings are steady
+        "limit_fraction_disturbed": False,
+        "vs_torch_train_noisy": True,  # torch's training step is not
+        "vs_torch_infer_noisy": False,
+    }
+    row |= flags
+    cells = table_cells(row)
+    assert cells[5] == "36.25 (1.01) noisy" and cells[8] == "1.50"
+    md = markdown_table({"rows": [row], "crossovers": []})
+    assert f"- {NOTES['noisy']}" in md
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,6 +894,34 @@ def test_benchmark_suite_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     benchmarks = json.loads(out.read_text())["benchmarks"]
     groups = {b["group"] for b in benchmarks}
-    assert groups == {"16-8-4 batch=2 numpy", "16-8-4 batch=8 numpy"}
+    assert groups == {
+        "16-8-4 batch=2 numpy",
+        "16-8-4 batch=8 numpy",
+        "lenet5-1x28x28 batch=2 numpy",
+    }
     names = {b["name"].split("[")[0] for b in benchmarks}
     assert {"test_gpunn_train_step", "test_gpunn_inference", "test_bare_gemms"} <= names
+
+
+def test_the_cli_says_disturbed_during_the_sweep_and_under_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    row = row_with(limit_fraction=0.91, limit_fraction_best=1.03, infer_samples_per_s=100.0)
+    row |= flag_ratios(row) | {"dtype": "float32", "optimizer": "SGD", "rss_peak_bytes": 2**20}
+
+    def sweep(cfg: SweepConfig, progress: object) -> list[dict]:
+        progress(row)  # type: ignore[operator]
+        return [row]
+
+    monkeypatch.setattr(bench_cli, "run_sweep", sweep)
+    args = parse(["bench", "--backend", "numpy", "--compare", "none", "--no-plot"])
+    args.out = str(tmp_path)
+    assert bench_cli.run(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "limit 0.91 (disturbed)" in out  # the line printed when the point is done
+    table = out[out.index("gpunn bench") : out.index("wrote ")]
+    assert "0.91 (1.03)" in table  # the cell, which may wrap "disturbed" onto its next line
+    assert " ".join(NOTES["disturbed"].split()) in table  # what it means, under the table
+    assert table.count("disturbed") == 2  # in the cell and in the note
+    md = (tmp_path / "bench.md").read_text()
+    assert "0.91 (1.03) disturbed" in md

@@ -812,6 +812,80 @@ def test_saving_leaves_no_file_descriptor_open_and_the_umask_as_it_was(
     assert len(os.listdir("/proc/self/fd")) == open_before
 
 
+def test_a_failed_write_names_the_users_path_not_the_temp_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(tmp_path / ".m.st.tmp-x1y2"))
+
+    monkeypatch.setattr(ck.tempfile, "mkstemp", refused)
+    with pytest.raises(PermissionError) as info:
+        ck.save(make_model(), tmp_path / "m.st")
+    assert "m.st" in str(info.value) and ".tmp-" not in str(info.value)
+    assert info.value.filename == str(tmp_path / "m.st")
+
+
+# --------------------------------------------------------------------------------------------
+# The optional data entry: where the training data came from
+# --------------------------------------------------------------------------------------------
+
+DATA = {
+    "dataset": None,
+    "file": "/data/train.csv",
+    "sha256": "ab" * 32,
+    "samples": None,
+    "val": 0.1,
+    "test": 0.2,
+    "seed": 5,
+    "task": "classification",
+    "classes": 3,
+}
+
+
+def test_the_data_entry_round_trips_and_is_covered_by_the_checksum(tmp_path: pathlib.Path) -> None:
+    path = ck.save(make_model(), tmp_path / "m.st", data=DATA)
+    assert ck.load_with_optimizer(path, backend="numpy")[2]["data"] == DATA
+    assert ck.read_info(path)["data"] == DATA
+    assert json.loads(read_checkpoint(path)[1]["data"]) == DATA
+    edited = json.dumps({**DATA, "seed": 6}, sort_keys=True)
+    rewrite(path, meta={"data": edited}, resign=False)
+    refuse(path, "metadata checksum mismatch")
+
+
+def test_a_checkpoint_without_the_data_entry_still_loads(saved: pathlib.Path) -> None:
+    assert "data" not in read_checkpoint(saved)[1]  # saved without data=, like older files
+    assert ck.load_with_optimizer(saved, backend="numpy")[2]["data"] is None
+    assert ck.read_info(saved)["data"] is None
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"seed": "5"}, "'seed' must be int"),
+        ({"dataset": "digits"}, "exactly one of 'dataset' and 'file'"),
+        ({"sha256": "abc"}, "64 hex digits"),
+        ({"sha256": "zz" * 32}, "64 hex digits"),
+        ({"sha256": None}, "64 hex digits"),
+        ({"val": 1.5}, "fraction"),
+        ({"test": float("inf")}, "'test' must be float"),
+        ({"task": "ranking"}, "'task' must be one of"),
+        ({"classes": 0}, "positive integer"),
+        ({"code": "import os"}, "must be an object with the keys"),
+    ],
+)
+def test_a_bad_data_entry_is_refused_on_saving_and_on_loading(
+    tmp_path: pathlib.Path, change: dict[str, Any], match: str
+) -> None:
+    bad = {**DATA, **change}
+    with pytest.raises(ValueError, match=match):
+        ck.save(make_model(), tmp_path / "m.st", data=bad)
+    assert not (tmp_path / "m.st").exists()
+    path = ck.save(make_model(), tmp_path / "m.st", data=DATA)
+    if not any(isinstance(v, float) and not np.isfinite(v) for v in bad.values()):
+        rewrite(path, meta={"data": json.dumps(bad)})
+        refuse(path, "'data' is invalid")
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
 def test_saved_file_gets_the_usual_permissions(tmp_path: pathlib.Path) -> None:
     mask = os.umask(0o022)

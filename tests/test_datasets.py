@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
 from gpunn.datasets import blobs, digits, load_features, load_file, spirals, train_val_test_split
+from gpunn.datasets.files import csv_header, has_label_column
 
 # ---------------------------------------------------------------- synthetic data
 
@@ -128,6 +131,19 @@ def test_digits_returns_fresh_arrays_and_images_look_like_digits():
     # Class means differ: a 0 is not a 1.
     zero, one = X2[y1 == 0].mean(0), X2[y1 == 1].mean(0)
     assert np.abs(zero - one).max() > 0.3
+
+
+def test_digits_as_images_are_the_flat_rows_read_row_by_row():
+    X, y = digits()
+    images, labels = digits(images=True)
+    assert images.shape == (1797, 1, 8, 8) and images.dtype == np.float32
+    np.testing.assert_array_equal(labels, y)
+    np.testing.assert_array_equal(images[:, 0, 3, 5], X[:, 3 * 8 + 5])  # row 3, column 5
+    np.testing.assert_array_equal(images.reshape(1797, 64), X)
+    # a 1 is an upright stroke: in the mean 1 every row has ink in the middle columns and none
+    # at the edges (a transposed image would have a lying stroke: whole rows of ink or none)
+    one = images[y == 1, 0].mean(0)  # (8, 8)
+    assert one[:, 3:5].min() > 0.5 and one[:, 0].max() < 0.01 and one[:, 7].max() < 0.1
 
 
 def test_digits_data_ships_with_its_licence():
@@ -363,3 +379,55 @@ def test_split_rejects_mismatched_lengths_and_bad_stratify():
         train_val_test_split(X, y[:9])
     with pytest.raises(ValueError, match="1-D class labels"):
         train_val_test_split(X, np.zeros((10, 2)), stratify=True)
+
+
+# --------------------------------------------------------------------------------------------
+# File-format rules a user meets: npz that is not a zip, header rule, one-column features
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content", [b"1,2,3\n4,5,6\n", b"\x93NUMPY not really", b"", pickle.dumps([1, 2])]
+)
+def test_a_file_that_is_not_an_npz_archive_is_named_so_without_pickle_advice(tmp_path, content):
+    (tmp_path / "d.npz").write_bytes(content)
+    for read in (load_file, lambda p: load_features(p, 3)):
+        with pytest.raises(ValueError) as info:
+            read(tmp_path / "d.npz")
+        message = str(info.value)
+        assert "d.npz: not an .npz archive" in message
+        assert "pickle" not in message.lower()
+
+
+def test_object_arrays_in_an_npz_are_refused_without_pickle_advice(tmp_path):
+    X = np.empty(2, dtype=object)
+    X[:] = [[1], [2]]
+    np.savez(tmp_path / "d.npz", X=X, y=np.zeros(2))
+    with pytest.raises(ValueError, match="array 'X' holds Python objects") as info:
+        load_file(tmp_path / "d.npz")
+    assert "allow_pickle" not in str(info.value)
+
+
+def test_a_first_line_mixing_numbers_and_text_is_an_error_not_a_header(tmp_path):
+    path = tmp_path / "typo.csv"
+    path.write_text("0.5,1.2,x3,0\n1,2,3,1\n4,5,6,0\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 1, column 3: 'x3' is not a finite number") as e:
+        load_file(path)
+    assert "header only when none of its cells is a number" in str(e.value)
+    assert csv_header_of(path, "a,b,c,label\n1,2,3,1\n") == ["a", "b", "c", "label"]
+    assert csv_header_of(path, "1,2,3,1\n") is None
+
+
+def csv_header_of(path, text):
+    path.write_text(text, encoding="utf-8")
+    return csv_header(path)
+
+
+def test_predict_features_may_be_a_single_column(tmp_path):
+    path = tmp_path / "one.csv"
+    path.write_text("0.5\n-1\n2\n", encoding="utf-8")
+    np.testing.assert_array_equal(load_features(path, 1), [[0.5], [-1], [2]])
+    assert not has_label_column(path, 1)
+    path.write_text("0.5,1\n-1,0\n", encoding="utf-8")
+    np.testing.assert_array_equal(load_features(path, 1), [[0.5], [-1]])
+    assert has_label_column(path, 1)

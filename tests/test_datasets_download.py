@@ -1,21 +1,25 @@
-"""Tests for the MNIST / Fashion-MNIST download, verify, cache and parse path.
+"""Tests for the MNIST / Fashion-MNIST / CIFAR-10 download, verify, cache and parse path.
 
-A stdlib HTTP server on 127.0.0.1 serves small IDX files generated here, and the
-pinned sizes and checksums are patched to match them; the real internet is never used.
+A stdlib HTTP server on 127.0.0.1 serves small IDX files and a small CIFAR-10 archive in the
+exact binary format, generated here, and the pinned sizes and checksums are patched to match
+them; the real internet is never used.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import socket
+import tarfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 
-from gpunn.datasets import DatasetError, cache_root, fashion_mnist, mnist
+from gpunn.datasets import DatasetError, cache_root, cifar10, fashion_mnist, mnist
+from gpunn.datasets import cifar as cifar_module
 from gpunn.datasets import idx as idx_module
 
 NAMES = (
@@ -108,13 +112,14 @@ def _refused_url() -> str:
 def isolated(tmp_path, monkeypatch):
     """Cache in tmp_path, no proxies, and mirrors that can only reach this machine."""
     monkeypatch.setenv("GPUNN_DATA", str(tmp_path / "cache"))
-    for var in ("GPUNN_MNIST_URL", "GPUNN_FASHION_MNIST_URL"):
+    for var in ("GPUNN_MNIST_URL", "GPUNN_FASHION_MNIST_URL", "GPUNN_CIFAR10_URL"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "*")
     monkeypatch.setenv("NO_PROXY", "*")
     refused = _refused_url()
     for dataset in ("mnist", "fashion_mnist"):
         monkeypatch.setitem(idx_module.MIRRORS, dataset, (refused,))
+    monkeypatch.setattr(cifar_module, "MIRRORS", (refused,))
     return tmp_path / "cache"
 
 
@@ -157,6 +162,16 @@ def test_download_parse_and_cache(server, monkeypatch, isolated):
     assert len(server.requests) == 4, "second call must be served from the cache"
     np.testing.assert_array_equal(X_again, X_tr)
 
+    (X_img, y_img), (X_img_te, _) = mnist(images=True)
+    assert X_img.shape == (20, 1, 28, 28) and X_img_te.shape == (8, 1, 28, 28)
+    assert X_img.dtype == np.float32
+    # pixel (row r, column c) of image i is the IDX byte [i, r, c] / 255
+    pixels = arrays["train-images-idx3-ubyte.gz"]
+    np.testing.assert_array_equal(X_img[:, 0], pixels / np.float32(255))
+    np.testing.assert_array_equal(X_img.reshape(20, -1), X_tr)
+    np.testing.assert_array_equal(y_img, y_tr)
+    assert len(server.requests) == 4
+
 
 def test_fashion_mnist_has_its_own_cache_folder(server, monkeypatch, isolated):
     digits_files, _ = _make_files(seed=1)
@@ -169,6 +184,7 @@ def test_fashion_mnist_has_its_own_cache_folder(server, monkeypatch, isolated):
     mnist()
     (X_tr, y_tr), (X_te, _) = fashion_mnist()
     assert X_tr.shape == (12, 784) and X_te.shape == (4, 784)
+    assert fashion_mnist(images=True)[1][0].shape == (4, 1, 28, 28)
     np.testing.assert_array_equal(y_tr, fashion_arrays["train-labels-idx1-ubyte.gz"])
     assert _leftovers(isolated / "fashion_mnist") == sorted(NAMES)
     assert _leftovers(isolated / "mnist") == sorted(NAMES)
@@ -380,3 +396,192 @@ def test_pinned_files_and_mirrors_are_complete():
         assert len(set(pins.values())) == 4
     assert idx_module.FILES["mnist"]["train-images-idx3-ubyte.gz"][0] == 9912422
     assert idx_module.FILES["fashion_mnist"]["train-images-idx3-ubyte.gz"][0] == 26421880
+
+
+# ---------------------------------------------------------------- CIFAR-10 (binary version)
+
+CIFAR = cifar_module.ARCHIVE
+BATCHES = [f"data_batch_{i}.bin" for i in range(1, 6)]
+
+
+def _cifar_records(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n records (n, 3073) uint8: a label byte 0..9, then 3072 pixel bytes."""
+    records = rng.integers(0, 256, (n, 3073), dtype=np.uint8)
+    records[:, 0] = rng.integers(0, 10, n)
+    return records
+
+
+def _tar_gz(members: list[tuple[str, bytes | None, str]]) -> bytes:
+    """A .tar.gz of (name, data, kind) members; kind "file", "symlink" (to data) or "dir"."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data, kind in members:
+            info = tarfile.TarInfo(name)
+            if kind == "file":
+                info.size = len(data or b"")
+                tar.addfile(info, io.BytesIO(data or b""))
+            elif kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, (data or b"").decode()
+                tar.addfile(info)
+            else:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def _cifar_archive(seed: int = 0, per_batch: int = 3, n_test: int = 4, extra=(), drop=()):
+    """A synthetic cifar-10-binary.tar.gz in the official layout, and the records it holds."""
+    rng = np.random.default_rng(seed)
+    batches = {name: _cifar_records(rng, per_batch) for name in BATCHES}
+    test = _cifar_records(rng, n_test)
+    test[0, 0], test[0, 1:3] = 9, (0, 255)  # the label and pixel extremes occur
+    members = [("cifar-10-batches-bin", None, "dir")]
+    members.append(("cifar-10-batches-bin/batches.meta.txt", b"airplane\nautomobile\n", "file"))
+    for name, records in batches.items():
+        members.append((f"cifar-10-batches-bin/{name}", records.tobytes(), "file"))
+    members.append(("cifar-10-batches-bin/test_batch.bin", test.tobytes(), "file"))
+    members = [m for m in members if m[0].rsplit("/", 1)[-1] not in drop] + list(extra)
+    train = np.concatenate([batches[name] for name in BATCHES])
+    return _tar_gz(members), train, test
+
+
+def _serve_cifar(server, monkeypatch, archive: bytes, pin: bool = True) -> None:
+    if pin:
+        monkeypatch.setitem(
+            cifar_module.PINNED, CIFAR, (len(archive), hashlib.sha256(archive).hexdigest())
+        )
+    monkeypatch.setattr(cifar_module, "MIRRORS", (server.serve("c", {CIFAR: archive}),))
+
+
+def test_cifar10_download_parse_and_cache(server, monkeypatch, isolated):
+    archive, train, test = _cifar_archive()
+    _serve_cifar(server, monkeypatch, archive)
+
+    (X_tr, y_tr), (X_te, y_te) = cifar10()
+    assert X_tr.shape == (15, 3072) and X_te.shape == (4, 3072)
+    assert X_tr.dtype == np.float32 and y_tr.dtype == np.int64
+    # the five training batches in order, each record's label byte and then its pixels / 255
+    np.testing.assert_array_equal(y_tr, train[:, 0])
+    np.testing.assert_array_equal(X_tr, train[:, 1:] / np.float32(255))
+    np.testing.assert_array_equal(y_te, test[:, 0])
+    assert X_te.min() == 0.0 and X_te.max() == 1.0
+    assert server.requests == [f"/c/{CIFAR}"]
+    assert _leftovers(isolated / "cifar10") == [CIFAR]  # the archive only: nothing extracted
+
+    (X_img, y_img), (X_img_te, _) = cifar10(images=True)
+    assert server.requests == [f"/c/{CIFAR}"], "second call must be served from the cache"
+    assert X_img.shape == (15, 3, 32, 32) and X_img_te.shape == (4, 3, 32, 32)
+    # channel c, row r, column k of record i is byte 1 + 1024 c + 32 r + k
+    i, c, r, k = 7, 2, 5, 30
+    assert X_img[i, c, r, k] == np.float32(train[i, 1 + 1024 * c + 32 * r + k]) / np.float32(255)
+    np.testing.assert_array_equal(X_img.reshape(15, -1), X_tr)
+    np.testing.assert_array_equal(y_img, y_tr)
+
+
+def test_cifar10_url_env_var_replaces_the_mirror(server, monkeypatch):
+    archive, _, _ = _cifar_archive()
+    monkeypatch.setitem(
+        cifar_module.PINNED, CIFAR, (len(archive), hashlib.sha256(archive).hexdigest())
+    )
+    monkeypatch.setenv("GPUNN_CIFAR10_URL", server.serve("local", {CIFAR: archive}))
+    cifar10()
+    assert server.requests == [f"/local/{CIFAR}"]
+
+
+def test_cifar10_corrupted_archive_fails_the_hash_and_caches_nothing(server, monkeypatch, isolated):
+    archive, _, _ = _cifar_archive()
+    corrupted = bytearray(archive)
+    corrupted[len(corrupted) // 2] ^= 0xFF  # one flipped byte, same size
+    monkeypatch.setitem(
+        cifar_module.PINNED, CIFAR, (len(archive), hashlib.sha256(archive).hexdigest())
+    )
+    monkeypatch.setattr(cifar_module, "MIRRORS", (server.serve("c", {CIFAR: bytes(corrupted)}),))
+    with pytest.raises(DatasetError) as info:
+        cifar10()
+    message = str(info.value)
+    assert "SHA-256 mismatch" in message and hashlib.sha256(corrupted).hexdigest() in message
+    assert "CIFAR-10" in message and "GPUNN_CIFAR10_URL" in message
+    assert _leftovers(isolated / "cifar10") == []
+
+
+def test_cifar10_checks_the_pinned_official_hash(server, monkeypatch, isolated):
+    """The loader checks the published SHA-256 of cifar-10-binary.tar.gz: with only the size
+    patched (to the synthetic archive's), the synthetic archive is refused against it."""
+    official = "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd"
+    assert cifar_module.PINNED[CIFAR] == (170052171, official)
+    archive, _, _ = _cifar_archive()
+    monkeypatch.setitem(cifar_module.PINNED, CIFAR, (len(archive), official))
+    _serve_cifar(server, monkeypatch, archive, pin=False)
+    with pytest.raises(DatasetError, match=f"SHA-256 mismatch: got .*, expected {official}"):
+        cifar10()
+    assert _leftovers(isolated / "cifar10") == []
+
+
+def test_cifar10_reads_only_the_expected_members_and_extracts_nothing(
+    server, monkeypatch, isolated, tmp_path
+):
+    evil = [
+        ("../escaped.bin", b"x" * 3073, "file"),
+        ("/tmp/absolute.bin", b"x" * 3073, "file"),
+        ("cifar-10-batches-bin/../../escaped2.bin", b"x" * 3073, "file"),
+        ("cifar-10-batches-bin/link", b"/etc/passwd", "symlink"),
+    ]
+    archive, train, _ = _cifar_archive(extra=evil)
+    _serve_cifar(server, monkeypatch, archive)
+    (X_tr, y_tr), _ = cifar10(images=True)
+    np.testing.assert_array_equal(y_tr, train[:, 0])
+    assert _leftovers(isolated / "cifar10") == [CIFAR]
+    assert not (isolated / "escaped.bin").exists() and not (tmp_path / "escaped.bin").exists()
+    assert not (isolated / "escaped2.bin").exists()
+
+
+@pytest.mark.parametrize(
+    "archive_kw,pattern",
+    [
+        ({"drop": ("data_batch_3.bin",)}, "lacks cifar-10-batches-bin/data_batch_3.bin"),
+        ({"drop": ("test_batch.bin",)}, "lacks cifar-10-batches-bin/test_batch.bin"),
+        (
+            {
+                "drop": ("data_batch_2.bin",),
+                "extra": [("cifar-10-batches-bin/data_batch_2.bin", b"/etc/passwd", "symlink")],
+            },
+            "data_batch_2.bin is not a regular file",
+        ),
+        (
+            {"extra": [("cifar-10-batches-bin/test_batch.bin", bytes(3073), "file")]},
+            "holds cifar-10-batches-bin/test_batch.bin twice",
+        ),
+    ],
+)
+def test_cifar10_archive_problems_are_dataset_errors(server, monkeypatch, archive_kw, pattern):
+    archive, _, _ = _cifar_archive(**archive_kw)
+    _serve_cifar(server, monkeypatch, archive)
+    with pytest.raises(DatasetError, match=pattern):
+        cifar10()
+
+
+@pytest.mark.parametrize(
+    "test_bytes,pattern",
+    [
+        (bytes(3073 * 2 - 1), r"holds 6145 bytes, not a whole number of 3073-byte records"),
+        (b"", "holds 0 bytes"),
+        (bytes([10]) + bytes(3072), "record 0 of test_batch.bin has label 10"),
+    ],
+)
+def test_cifar10_bad_records_are_dataset_errors(server, monkeypatch, test_bytes, pattern):
+    archive, _, _ = _cifar_archive(
+        drop=("test_batch.bin",),
+        extra=[("cifar-10-batches-bin/test_batch.bin", test_bytes, "file")],
+    )
+    _serve_cifar(server, monkeypatch, archive)
+    with pytest.raises(DatasetError, match=pattern):
+        cifar10()
+
+
+def test_cifar10_a_file_that_is_no_tar_gz_is_a_dataset_error(server, monkeypatch):
+    _serve_cifar(server, monkeypatch, gzip.compress(b"not a tar archive", mtime=0))
+    with pytest.raises(DatasetError, match="not a readable .tar.gz archive"):
+        cifar10()
+    _serve_cifar(server, monkeypatch, b"plain bytes, not even gzip")
+    with pytest.raises(DatasetError, match="not a readable .tar.gz archive"):
+        cifar10()

@@ -9,6 +9,7 @@ against stand-ins for ``cupy.cuda.nccl`` here, and for real in the GPU tests.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -48,13 +49,25 @@ TIMEOUT = 120  # seconds for one MPI job; each takes about one here
 # --------------------------------------------------------------------------------------------
 
 
+def mpi_unavailable() -> str | None:
+    """Why MPI cannot be used in this process (gpunn's own check), or None when it can.
+
+    mpi4py installed without an MPI library raises RuntimeError, not ImportError, at
+    ``from mpi4py import MPI``; ``distributed._mpi`` turns both into one RuntimeError.
+    """
+    try:
+        distributed._mpi()
+    except RuntimeError as exc:
+        return str(exc)
+    return None
+
+
 @functools.cache
 def _mpiexec() -> list[str] | str:
     """The mpiexec command line prefix, or why MPI jobs cannot be started here."""
-    try:
-        import mpi4py  # noqa: F401
-    except ImportError as exc:
-        return f"mpi4py is not installed ({exc}); pip install 'gpunn[mpi]'"
+    reason = mpi_unavailable()
+    if reason is not None:
+        return reason
     exe = shutil.which("mpiexec", path=str(Path(sys.executable).parent)) or shutil.which("mpiexec")
     if exe is None:
         return "no mpiexec found (next to Python or on PATH); pip install 'gpunn[mpi]'"
@@ -68,14 +81,31 @@ def _mpiexec() -> list[str] | str:
     return [exe]
 
 
-def mpirun(args: list[str], *, n: int = 2, cwd: Path, backend: str = "numpy") -> tuple[Any, float]:
-    """Run ``python -m mpi4py ARGS`` on n ranks; returns (CompletedProcess, seconds)."""
+BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def mpirun(
+    args: list[str],
+    *,
+    n: int = 2,
+    cwd: Path,
+    backend: str = "numpy",
+    threads: int | None = 1,
+    env: dict[str, str] | None = None,
+) -> tuple[Any, float]:
+    """Run ``python -m mpi4py ARGS`` on n ranks; returns (CompletedProcess, seconds).
+
+    ``threads`` sets the BLAS/OpenMP thread variables of every rank; None removes them, so
+    each rank's BLAS starts as it would for a user who set nothing. ``env`` adds variables.
+    """
     prefix = _mpiexec()
     if isinstance(prefix, str):
         pytest.skip(prefix)
-    env = dict(os.environ, GPUNN_BACKEND=backend)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = "1"  # one BLAS thread per rank: two ranks share this machine's cores
+    env = dict(os.environ, GPUNN_BACKEND=backend, **(env or {}))
+    for var in BLAS_VARIABLES:
+        env.pop(var, None)
+        if threads is not None:
+            env[var] = str(threads)  # two ranks share this machine's cores
     cmd = [*prefix, "-n", str(n), sys.executable, "-m", "mpi4py", *args]
     t0 = time.perf_counter()
     # a session of its own, so that a hung job's ranks can all be killed with mpiexec
@@ -156,6 +186,76 @@ def test_a_checkpoint_of_a_distributed_run_loads_in_one_process(equiv: Path, cas
 
 
 # --------------------------------------------------------------------------------------------
+# CNNs, and BatchNorm's running statistics (tests/mpi/conv_equiv.py)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def conv_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of one 2-rank run of tests/mpi/conv_equiv.py."""
+    out = tmp_path_factory.mktemp("conv")
+    done, _ = mpirun([str(MPI_SCRIPTS / "conv_equiv.py"), str(out)], cwd=out)
+    assert done.returncode == 0, output(done)
+    return out
+
+
+def test_two_ranks_train_the_cnn_one_process_trains(conv_run: Path) -> None:
+    """Conv2D, MaxPool2D, Flatten, Dense: 33-row batches split 17 + 16, float64."""
+    ref = load(conv_run, "conv", "reference")
+    rank0, rank1 = load(conv_run, "conv", "rank0"), load(conv_run, "conv", "rank1")
+    np.testing.assert_allclose(rank0["params"], ref["params"], rtol=1e-10, atol=1e-14)
+    np.testing.assert_array_equal(rank0["params"], rank1["params"])
+    np.testing.assert_allclose(rank0["loss"], ref["loss"], rtol=1e-10)
+    assert ref["loss"][-1] < ref["loss"][0]  # it learnt something
+
+
+def test_batchnorm_statistics_are_averaged_over_the_ranks_every_epoch(conv_run: Path) -> None:
+    """The documented rule: each rank's BatchNorm running mean and variance follow its own
+    shards during an epoch; at the epoch's end every rank gets the mean over the ranks, which
+    is what rank 0's checkpoint saves."""
+    rank0, rank1 = load(conv_run, "batchnorm", "rank0"), load(conv_run, "batchnorm", "rank1")
+    before0, before1 = rank0["before"], rank1["before"]  # (epochs, statistics) before averaging
+    assert before0.shape == before1.shape == (2, 2 * (3 + 8))  # mean and variance, 2 layers
+    assert not np.allclose(before0[-1], before1[-1])  # the shards' statistics differed ...
+    average = (before0[-1] + before1[-1]) / 2
+    np.testing.assert_allclose(rank0["state"], average, rtol=1e-14, atol=0)  # ... and now not
+    np.testing.assert_array_equal(rank0["state"], rank1["state"])
+    np.testing.assert_array_equal(rank0["params"], rank1["params"])
+    saved = checkpoint.load(conv_run / "batchnorm.ckpt", "numpy")
+    np.testing.assert_array_equal(saved.flat_state, rank0["state"])
+    np.testing.assert_array_equal(saved.flat_params, rank0["params"])
+    # rank 1 started 5 above rank 0's statistics: the start broadcast them, so after the first
+    # epoch (5 steps of momentum 0.1) the ranks differ only by their shards, not by 5 * 0.9^5
+    assert rank0["broadcast"] and rank1["broadcast"]
+    assert np.abs(before0[0] - before1[0]).max() < 1.0
+
+
+def test_cli_two_ranks_train_the_lenet_one_process_trains(tmp_path: Path) -> None:
+    """``gpunn train --distributed --model lenet`` on 12x12 images (LeNet-5: no Dropout, no
+    BatchNorm) gives the model one process gives."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "img.npz", X=rng.random((60, 1, 12, 12)), y=np.arange(60) % 3)
+    args = "train --data img.npz --model lenet --epochs 2 --batch-size 16 --dtype float64"
+    args += " --optimizer sgd --lr 0.05 --seed 4 --save {}"
+    dist, single = tmp_path / "dist.ckpt", tmp_path / "single.ckpt"
+    done, _ = mpirun(["-m", "gpunn", *args.format(dist).split(), "--distributed"], cwd=tmp_path)
+    assert done.returncode == 0, output(done)
+    assert "60 images of 1x12x12" in done.stdout and "ranks:   2, mpi" in done.stdout
+    alone = subprocess.run(
+        [sys.executable, "-m", "gpunn", *args.format(single).split()],
+        cwd=tmp_path,
+        env=dict(os.environ, GPUNN_BACKEND="numpy"),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert alone.returncode == 0, output(alone)
+    a, b = checkpoint.load(dist, "numpy"), checkpoint.load(single, "numpy")
+    assert a.input_shape == b.input_shape == (1, 12, 12)
+    np.testing.assert_allclose(a.flat_params, b.flat_params, rtol=1e-10, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------
 # Failures end the whole job
 # --------------------------------------------------------------------------------------------
 
@@ -181,6 +281,91 @@ def test_ranks_with_different_data_refuse_to_start(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Ranks divide the machine's cores between them
+# --------------------------------------------------------------------------------------------
+
+
+def rank_reports(out: Path) -> list[dict[str, Any]]:
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def test_two_ranks_divide_the_cores_between_their_blas_pools(tmp_path: Path) -> None:
+    """With no thread variables set, each rank's BLAS starts one thread per core; after
+    get_communicator each of the 2 ranks has cores // 2 (at least 1), and keeps it through fit."""
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
+    done, _ = mpirun([str(MPI_SCRIPTS / "threads.py"), str(tmp_path)], cwd=tmp_path, threads=None)
+    assert done.returncode == 0, output(done)
+    for report in rank_reports(tmp_path):
+        assert report["size"] == 2 and report["before"], report
+        expected = max(1, min(max(report["before"]), report["cpus"] // 2))
+        assert report["after"] == [expected] * len(report["before"]), report
+        assert report["after_fit"] == report["after"] and report["comm_threads"] == expected
+        if report["cpus"] >= 2 and max(report["before"]) >= 2:
+            assert expected < max(report["before"])  # it did divide: not a vacuous check
+
+
+def test_threads_per_rank_can_be_set_by_the_environment(tmp_path: Path) -> None:
+    pytest.importorskip("threadpoolctl", reason="threadpoolctl is not installed")
+    done, _ = mpirun(
+        [str(MPI_SCRIPTS / "threads.py"), str(tmp_path)],
+        cwd=tmp_path,
+        threads=1,  # the override wins over the variables, even upwards
+        env={distributed.THREADS_ENV: "3"},
+    )
+    assert done.returncode == 0, output(done)
+    for report in rank_reports(tmp_path):
+        assert report["before"] and set(report["before"]) == {1}, report
+        assert set(report["after"]) == {3} and report["comm_threads"] == 3, report
+
+
+@pytest.mark.parametrize(
+    ("cpus", "sharing", "current", "expected"),
+    [
+        (2, 2, 2, 1),  # the 2-core machine, 2 ranks: one thread each
+        (16, 2, 16, 8),
+        (16, 3, 16, 5),  # the remainder is left idle rather than oversubscribed
+        (16, 4, 2, 2),  # a smaller limit the user set stands
+        (2, 4, 2, 1),  # more ranks than cores: still one thread, never zero
+        (8, 1, 8, 8),  # a rank alone on its cores keeps them all
+        (8, 2, None, 4),  # the pool's count unknown
+    ],
+)
+def test_divide_cores(cpus: int, sharing: int, current: int | None, expected: int) -> None:
+    assert distributed.divide_cores(cpus, sharing, current) == expected
+
+
+def test_sharing_ranks_counts_the_ranks_that_may_run_on_my_cores() -> None:
+    unbound = [set(range(8))] * 4
+    assert distributed.sharing_ranks(set(range(8)), unbound) == 4
+    bound = [{0, 1}, {2, 3}, {4, 5}, {6, 7}]  # a launcher bound each rank to 2 cores
+    assert distributed.sharing_ranks({2, 3}, bound) == 1
+    assert distributed.divide_cores(2, distributed.sharing_ranks({2, 3}, bound), 8) == 2
+    assert distributed.sharing_ranks({0, 1, 2, 3}, [{0, 1, 2, 3}, {2, 3, 4, 5}, {6, 7}]) == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, None), ("", None), ("auto", None), (" 4 ", 4), (2, 2)]
+)
+def test_threads_per_rank_values(
+    monkeypatch: pytest.MonkeyPatch, value: Any, expected: int | None
+) -> None:
+    monkeypatch.delenv(distributed.THREADS_ENV, raising=False)
+    assert distributed._parse_threads(value) == expected
+    if isinstance(value, str):
+        monkeypatch.setenv(distributed.THREADS_ENV, value)
+        assert distributed._parse_threads(None) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "1.5", True])
+def test_bad_threads_per_rank_is_refused(monkeypatch: pytest.MonkeyPatch, value: Any) -> None:
+    with pytest.raises(ValueError, match="threads_per_rank must be a positive integer or 'auto'"):
+        distributed._parse_threads(value)
+    monkeypatch.setenv(distributed.THREADS_ENV, str(value))
+    with pytest.raises(ValueError, match="GPUNN_THREADS_PER_RANK must be a positive integer"):
+        distributed._parse_threads(None)
+
+
+# --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
 
@@ -190,10 +375,13 @@ TRAIN += " --optimizer sgd --lr 0.05 --seed 4 --save {}"
 
 def test_cli_two_ranks_train_the_model_one_process_trains(tmp_path: Path) -> None:
     dist, single = tmp_path / "dist.ckpt", tmp_path / "single.ckpt"
-    done, _ = mpirun(["-m", "gpunn", *TRAIN.format(dist).split(), "--distributed"], cwd=tmp_path)
+    # 2 threads per rank where "auto" would give each of the 2 ranks 1 of the 2 cores
+    flags = ["--distributed", "--threads-per-rank", "2"]
+    done, _ = mpirun(["-m", "gpunn", *TRAIN.format(dist).split(), *flags], cwd=tmp_path)
     assert done.returncode == 0, output(done)
     assert done.stdout.count("test accuracy") == 1, output(done)  # rank 0 alone reports
     assert "ranks:   2, mpi" in done.stdout, output(done)
+    assert "2 BLAS threads each" in done.stdout, output(done)
     alone = subprocess.run(
         [sys.executable, "-m", "gpunn", *TRAIN.format(single).split()],
         cwd=tmp_path,
@@ -285,8 +473,7 @@ def test_without_mpi4py_the_error_says_how_to_install_it(monkeypatch: pytest.Mon
         get_communicator("numpy", "mpi")
 
 
-def test_a_single_process_is_a_job_of_one_rank() -> None:
-    pytest.importorskip("mpi4py", reason="mpi4py is not installed; pip install 'gpunn[mpi]'")
+def test_a_single_process_is_a_job_of_one_rank(mpi_needed: None) -> None:
     comm = get_communicator("numpy")
     assert isinstance(comm, SingleProcess) and (comm.rank, comm.size) == (0, 1)
     forced = get_communicator("numpy", "mpi")
@@ -556,7 +743,44 @@ class FakeMPIComm:
 
 @pytest.fixture
 def mpi_needed() -> None:
-    pytest.importorskip("mpi4py", reason="mpi4py is not installed; pip install 'gpunn[mpi]'")
+    """Skip, saying why, where mpi4py or its MPI library is missing."""
+    reason = mpi_unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+
+
+def _mpi4py_without_a_library() -> Any:
+    """An ``mpi4py`` package as pip leaves it on a machine with no MPI library."""
+    module = types.ModuleType("mpi4py")
+
+    def __getattr__(name: str) -> Any:
+        if name == "MPI":
+            raise RuntimeError("cannot load MPI library: libmpi.so.12: cannot open shared object")
+        raise AttributeError(name)
+
+    module.__getattr__ = __getattr__
+    return module
+
+
+def test_mpi4py_without_an_mpi_library_is_a_clear_error_and_a_skip(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "mpi4py", _mpi4py_without_a_library())
+    monkeypatch.delitem(sys.modules, "mpi4py.MPI", raising=False)
+    with pytest.raises(
+        RuntimeError, match="mpi4py is installed but cannot load an MPI library"
+    ) as info:
+        distributed._mpi()
+    assert "libmpi.so.12" in str(info.value) and "pip install 'gpunn[mpi]'" in str(info.value)
+    with pytest.raises(RuntimeError, match="cannot load an MPI library"):
+        get_communicator("numpy")
+    reason = mpi_unavailable()  # what the MPI tests skip with
+    assert reason is not None and "cannot load an MPI library" in reason
+    _mpiexec.cache_clear()
+    try:
+        assert _mpiexec() == reason  # the 2-rank jobs skip with it too
+    finally:
+        _mpiexec.cache_clear()
 
 
 def test_device_buffers_are_staged_through_reused_host_memory(mpi_needed: None) -> None:
@@ -676,29 +900,32 @@ class JobComm(RecordingMPIComm):
         return [obj] * self._size
 
 
-@pytest.mark.parametrize("backend", [None, "numpy"])
+@pytest.mark.parametrize("backend_name", [None, "numpy"])
 def test_get_communicator_on_cpu_ranks(
-    mpi_needed: None, monkeypatch: pytest.MonkeyPatch, backend: str | None
+    mpi_needed: None, monkeypatch: pytest.MonkeyPatch, backend_name: str | None
 ) -> None:
     """CPU ranks get MPI (no device array module), with the reason for the choice; the kind
     may come from GPUNN_COMM (any case, spaces around). Rank 0 of a job not started with
     ``python -m mpi4py`` warns that an exception could hang the other ranks."""
     monkeypatch.delitem(sys.modules, "mpi4py.run", raising=False)
     monkeypatch.setenv(distributed.COMM_ENV, " MPI ")
+    limited: list[Any] = []  # the test process's own BLAS threads are left alone
+    monkeypatch.setattr(distributed, "limit_threads", lambda *args: limited.append(args) or 3)
     with pytest.warns(RuntimeWarning, match="python -m mpi4py") as record:
-        comm = get_communicator(backend, mpi_comm=JobComm([]))
+        comm = get_communicator(backend_name, mpi_comm=JobComm([]))
+    assert comm.threads == 3 and len(limited) == 1  # threads are divided in a job of 2
     assert record[0].filename == __file__  # it points at the caller's line
     assert isinstance(comm, MPICommunicator) and comm.xp is None
     assert comm.reason == "MPI was asked for"
     monkeypatch.delenv(distributed.COMM_ENV)
-    comm = get_communicator(backend, mpi_comm=JobComm([], size=1))
+    comm = get_communicator(backend_name, mpi_comm=JobComm([], size=1))
     assert isinstance(comm, SingleProcess) and comm.reason == "one process"
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning on the other ranks, nor under mpi4py.run
-        get_communicator(backend, "auto", mpi_comm=JobComm([], rank=1))
-        get_communicator(backend, "mpi", mpi_comm=JobComm([], size=1))
+        get_communicator(backend_name, "auto", mpi_comm=JobComm([], rank=1))
+        get_communicator(backend_name, "mpi", mpi_comm=JobComm([], size=1))
         monkeypatch.setitem(sys.modules, "mpi4py.run", types.ModuleType("mpi4py.run"))
-        get_communicator(backend, "mpi", mpi_comm=JobComm([]))
+        get_communicator(backend_name, "mpi", mpi_comm=JobComm([]))
 
 
 def test_get_communicator_hands_a_gpu_rank_s_array_module_to_mpi(
@@ -709,6 +936,7 @@ def test_get_communicator_hands_a_gpu_rank_s_array_module_to_mpi(
     xp = FakeXP([])
     gpu = gpunn.Backend("cupy", 0, xp)
     monkeypatch.setitem(sys.modules, "mpi4py.run", types.ModuleType("mpi4py.run"))
+    monkeypatch.setattr(distributed, "limit_threads", lambda *args: None)  # not this process's
     comm = get_communicator(gpu, "mpi", mpi_comm=JobComm([]))
     assert isinstance(comm, MPICommunicator) and comm.xp is xp
 
@@ -860,7 +1088,7 @@ def _gpu_count() -> int:
 @pytest.mark.gpu
 def test_nccl_communicator_on_a_real_gpu(mpi_needed: None) -> None:
     _gpu_count()
-    from mpi4py import MPI
+    MPI = distributed._mpi()
 
     backend = gpunn.get_backend("cupy:0")
     if not distributed._nccl_module(backend.xp).available:

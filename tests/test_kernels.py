@@ -5,9 +5,10 @@
 * The dispatch returns references on NumPy, honours GPUNN_FUSED=0, and its self-check falls back
   (warning once) when a fake "fused" kernel on a fake array module is wrong, raises or fails to
   build.
-* The CUDA sources compile with nvcc for sm_80 and sm_90, and every ElementwiseKernel body also
-  compiles as host C++: a fake array module whose ElementwiseKernel runs that host code lets the
-  real fused wrappers (argument order, scalars, in-place outputs) run here, against the references.
+* Every ElementwiseKernel body compiles as plain host C++: a fake array module whose
+  ElementwiseKernel runs that host code lets the real fused wrappers (argument order, scalars,
+  in-place outputs) run here, against the references, over odd sizes. (Compiling the kernels as
+  CuPy does, and running them under CUDA's rules, are the cuda_on_cpu tests.)
 * scripts/gpu_check.py exits with a clear line when there is no GPU.
 """
 
@@ -625,74 +626,14 @@ def test_softmax_block_size_is_whole_warps_capped(c: int, threads: int) -> None:
 
 
 # ==========================================================================================
-# nvcc: every .cu file and every ElementwiseKernel body compiles for sm_80 and sm_90
+# The CUDA sources ship with the package (compiled with NVRTC and run under the CUDA shim in
+# tests/test_cuda_on_cpu_*.py)
 # ==========================================================================================
-
-NVCC = shutil.which("nvcc")
-needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc is not on PATH (CUDA toolkit absent)")
-
-
-def _nvcc(source: str, arch: str, work: Path, name: str, *flags: str) -> str:
-    (work / f"{name}.cu").write_text(source)
-    done = subprocess.run(
-        [
-            NVCC,
-            f"-arch={arch}",
-            "-ptx",
-            "--std=c++17",
-            "-Werror",
-            "all-warnings",
-            *flags,
-            f"{name}.cu",
-            "-o",
-            f"{name}.ptx",
-        ],
-        cwd=work,
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, done.stderr
-    return (work / f"{name}.ptx").read_text()
 
 
 def test_the_package_ships_its_cuda_sources() -> None:
     assert "softmax_xent.cu" in cuda_source.cu_files()
     assert "gpunn_softmax_xent_float32" in cuda_source.read_cu("softmax_xent.cu")
-
-
-@needs_nvcc
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_every_cu_file_compiles_with_nvcc(arch: str, tmp_path: Path) -> None:
-    for filename in cuda_source.cu_files():
-        text = cuda_source.read_cu(filename)
-        ptx = _nvcc(text, arch, tmp_path, Path(filename).stem)
-        entries = [line for line in text.splitlines() if line.startswith('extern "C" __global__')]
-        assert entries, f'{filename} defines no extern "C" kernel'
-        for line in entries:
-            symbol = line.split("void ")[1].split("(")[0]
-            assert f".entry {symbol}(" in ptx
-
-
-@needs_nvcc
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_every_elementwise_kernel_compiles_with_nvcc(arch: str, tmp_path: Path) -> None:
-    sources = [(s, d) for s in kernels.ELEMENTWISE_SOURCES for d in DTYPES]
-    text = "\n".join(cuda_source.render_cuda(s, d) for s, d in sources)
-    flags: tuple[str, ...] = ()
-    spec = importlib.util.find_spec("cupy")
-    if spec is not None and spec.origin is not None:  # compile after CuPy's own kernel headers
-        include = Path(spec.origin).parent / "_core" / "include"
-        headers = ("cupy/complex.cuh", "cupy/carray.cuh", "cupy/atomics.cuh")
-        text = "".join(f"#include <{h}>\n" for h in headers) + text
-        cccl = include / "cupy" / "_cccl"  # CuPy's CCCL, not the toolkit's: versions must agree
-        flags = (f"-I{include}", *(f"-I{cccl / lib}" for lib in ("libcudacxx", "cub", "thrust")))
-    ptx = _nvcc(text, arch, tmp_path, "elementwise", *flags)
-    for src, dtype in sources:
-        assert f".entry {cuda_source.kernel_symbol(src, dtype)}(" in ptx
-
-
-def test_nvcc_missing_is_a_skip_with_the_reason() -> None:
-    assert needs_nvcc.kwargs["reason"].startswith("nvcc is not on PATH")
 
 
 # ==========================================================================================
@@ -704,6 +645,7 @@ def _load_gpu_check() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gpunn
-from gpunn.testing import check_loss_gradients
+from gpunn.kernels.softmax_xent import softmax_cross_entropy_reference
+from gpunn.testing import check_loss_gradients, fake_cupy
 
 
 def host(backend, a):
@@ -91,6 +92,33 @@ def test_softmax_ce_known_value_and_gradient(backend):
     np.testing.assert_allclose(
         host(backend, loss.backward()), (softmax(z) - onehot) / 2, rtol=1e-14
     )
+
+
+@pytest.mark.parametrize("bad", [-1, 3, -(2**40), 2**40])
+def test_softmax_ce_label_outside_the_classes_is_a_nan_loss_and_a_softmax_row(backend, bad):
+    """The fused kernel's contract: a NaN loss (never another class's score: -1 must not wrap to
+    class C - 1) and, for that row, softmax / N without a one-hot; the other rows as usual."""
+    z = np.array([[1.0, 2.0, 3.0], [0.0, 0.0, -1.0], [0.5, -0.5, 2.0]])
+    y = np.array([2, bad, 0])
+    loss = gpunn.SoftmaxCrossEntropy()
+    assert math.isnan(float(loss.forward(backend.asarray(z), backend.asarray(y))))
+    expected = softmax(z) / 3
+    expected[0, 2] -= 1 / 3
+    expected[2, 0] -= 1 / 3
+    np.testing.assert_allclose(host(backend, loss.backward()), expected, rtol=1e-14, atol=1e-16)
+
+
+@pytest.mark.cuda_on_cpu
+def test_softmax_ce_bad_labels_cost_no_host_read() -> None:
+    """The label check is elementwise on the device: nothing is read back (each read would
+    wait for the GPU)."""
+    with fake_cupy.installed() as cp:
+        z = cp.asarray(np.random.default_rng(0).standard_normal((5, 4)), dtype=cp.float32)
+        y = cp.asarray([0, -1, 3, 4, 2])
+        cp.emulation.reset_counts()
+        loss, dz = softmax_cross_entropy_reference(z, y, xp=cp)
+        assert cp.emulation.counts["host_read"] == 0
+        assert math.isnan(float(loss)) and bool(cp.isfinite(dz).all())
 
 
 def test_softmax_ce_accepts_labels_of_shape_n1_and_float_labels(backend):

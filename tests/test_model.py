@@ -586,3 +586,51 @@ def test_float32_training_step_with_float64_host_targets(backend, loss_name, n):
         gpunn.SGD(0.1).step(model)
     for key, ref in grads["float64"].items():
         np.testing.assert_allclose(grads["float32"][key], ref, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# summary()
+# --------------------------------------------------------------------------------------------
+
+
+def test_summary_lists_each_layer_with_its_output_shape_and_parameters():
+    model = gpunn.Sequential(
+        [gpunn.Dense(64, 128), gpunn.ReLU(), gpunn.Dropout(0.2), gpunn.Dense(128, 10, init="he")],
+        backend="numpy",
+    )
+    lines = model.summary().splitlines()
+    assert lines[0].split() == ["#", "layer", "output", "shape", "parameters"]
+    assert lines[1].split() == ["input", "64"]
+    assert lines[2].split() == ["0", "Dense", "128", "8,320"]  # 64 * 128 + 128
+    assert lines[3].split() == ["1", "ReLU", "128", "0"]
+    assert lines[4].split() == ["2", "Dropout(p=0.2)", "128", "0"]
+    assert lines[5].split() == ["3", "Dense(init=he)", "10", "1,290"]
+    assert lines[6].split()[:2] == ["total", f"{model.num_params:,}"]
+    assert "float32" in lines[6]
+    assert len({len(line.rstrip()) for line in lines[:6]}) <= 2  # aligned columns
+    assert "Backend(" not in model.summary() and "None" not in model.summary()
+
+
+class Flatten(gpunn.Layer):
+    """A stand-in for a layer that changes the shape of a sample (as a convolution does)."""
+
+    kind = "Flatten"
+
+    def output_shape(self, in_shape):
+        size = 1
+        for d in in_shape:
+            size *= d
+        return (size,)
+
+    def forward(self, x, *, training=True):
+        return x.reshape(len(x), -1)
+
+
+def test_summary_asks_each_layer_for_its_output_shape():
+    model = gpunn.Sequential([Flatten(), gpunn.Dense(12, 4)], backend="numpy")
+    lines = model.summary(input_shape=(3, 2, 2)).splitlines()
+    assert lines[1].split() == ["input", "3", "x", "2", "x", "2"]
+    assert lines[2].split() == ["0", "Flatten", "12", "0"]
+    assert lines[3].split() == ["1", "Dense", "4", "52"]
+    with pytest.raises(ValueError, match="input_shape"):
+        gpunn.Sequential([Flatten(), gpunn.ReLU()], backend="numpy").summary()

@@ -122,3 +122,62 @@ def test_float32_and_float64_really_differ():
     b = run(gpunn.get_backend("numpy"), "float64", "ce")
     assert a["logits"].dtype == np.float32
     assert not np.array_equal(a["logits"].astype(np.float64), b["logits"])
+
+
+# ------------------------------------------------------------------------------------------
+# A CNN: every convolution path (fused conv + pool, moved pool, plain), pools, BatchNorm
+# ------------------------------------------------------------------------------------------
+
+
+def build_cnn(backend, dtype):
+    layers = [
+        gpunn.Conv2D(2, 4, 3, padding=1),
+        gpunn.ReLU(),
+        gpunn.MaxPool2D(2),  # fused with the conv
+        gpunn.Conv2D(4, 4, 3, stride=2, padding=1),
+        gpunn.LeakyReLU(0.1),
+        gpunn.BatchNorm2D(4),  # after the activation, so that the conv's bias matters
+        gpunn.AvgPool2D(2, stride=1),
+        gpunn.Conv2D(4, 5, 1),
+        gpunn.ReLU(),
+        gpunn.MaxPool2D(1),  # moved before the ReLU
+        gpunn.Flatten(),
+        gpunn.Dense(5, 6),
+        gpunn.Tanh(),
+        gpunn.BatchNorm1D(6),
+        gpunn.Dense(6, 4),
+    ]
+    return gpunn.Sequential(layers, backend=backend, dtype=dtype, seed=3, input_shape=(2, 8, 8))
+
+
+def train_cnn(backend, dtype, opt_name, steps=10):
+    cls, kwargs = OPTIMIZERS[opt_name]
+    model, loss, opt = build_cnn(backend, dtype), gpunn.SoftmaxCrossEntropy(), cls(**kwargs)
+    result = {}
+    for step in range(steps):
+        rng = np.random.default_rng(step)
+        x, y = rng.standard_normal((8, 2, 8, 8)), rng.integers(0, 4, 8)
+        logits = model.forward(backend.asarray(x, dtype=dtype))
+        loss.forward(logits, backend.asarray(y))
+        model.backward(loss.backward())
+        if step == 0:  # the first step's outputs and gradients, before any update
+            result["logits"] = backend.to_numpy(logits).copy()
+            for key, grad in model.grads.items():
+                result[f"grad {key}"] = backend.to_numpy(grad).copy()
+        opt.step(model)
+    for key, value in {**model.params, **model.state}.items():
+        result[key] = backend.to_numpy(value).copy()
+    x = np.random.default_rng(99).standard_normal((3, 2, 8, 8))
+    result["predict"] = backend.to_numpy(model.predict(x)).copy()  # the running statistics
+    return result
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("opt_name", ["sgd-momentum", "adam"])
+def test_cnn_outputs_gradients_and_ten_steps_match_numpy_float64(backend, dtype, opt_name):
+    reference = train_cnn(gpunn.get_backend("numpy"), "float64", opt_name)
+    got = train_cnn(backend, dtype, opt_name)
+    assert set(got) == set(reference)
+    for key, ref in reference.items():
+        assert got[key].dtype == np.dtype(dtype), key
+        assert_close(got[key], ref, dtype, key)

@@ -194,6 +194,97 @@ def test_stand_in_computes_exactly_what_numpy_computes(cupy_like, loss_name, opt
     np.testing.assert_array_equal(wrapped[2], plain[2])
 
 
+def cnn():
+    """Every CNN layer kind and both pooling plumbings (fused with the conv, moved only)."""
+    return [
+        gpunn.Conv2D(2, 3, 3, padding=1),
+        gpunn.BatchNorm2D(3),
+        gpunn.ReLU(),
+        gpunn.MaxPool2D(2),  # after BatchNorm: a pool layer of its own
+        gpunn.Conv2D(3, 4, 2, stride=(2, 1), padding=(1, 0)),
+        gpunn.ReLU(),
+        gpunn.MaxPool2D(2, stride=1),  # moved before the ReLU, run by the conv
+        gpunn.Conv2D(4, 4, 1),
+        gpunn.LeakyReLU(0.1),
+        gpunn.AvgPool2D(1),
+        gpunn.Conv2D(4, 5, 1),
+        gpunn.ReLU(),
+        gpunn.MaxPool2D(2),  # fused with the conv into one GEMM
+        gpunn.Flatten(),
+        gpunn.Dense(5, 6),
+        gpunn.BatchNorm1D(6),
+        gpunn.Tanh(),
+        gpunn.Dense(6, 3),
+    ]
+
+
+def train_cnn(backend, opt_name, steps=3):
+    opt_cls, kwargs = OPTIMIZERS[opt_name]
+    model = gpunn.Sequential(cnn(), backend=backend, seed=2, input_shape=(2, 10, 9))
+    assert model.layers[10]._fuses_pool() and model.layers[4].merged_pool is model.layers[6]
+    loss, opt = gpunn.SoftmaxCrossEntropy(), opt_cls(**kwargs)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((6, 2, 10, 9)), rng.integers(0, 3, 6)
+    for _ in range(steps):
+        value = loss.forward(
+            model.forward(backend.asarray(x, dtype=model.dtype)), backend.asarray(y)
+        )
+        model.backward(loss.backward())
+        opt.step(model)
+    predictions = model.predict(x)
+    return (
+        backend.to_numpy(model.flat_params).copy(),
+        backend.to_numpy(model.flat_state).copy(),
+        float(value),
+        np.asarray(predictions).copy(),
+    )
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_cnn_training_step_uses_only_cupy_names(cupy_like, opt_name):
+    backend, recorder = cupy_like
+    params, state, value, predictions = train_cnn(backend, opt_name)
+    assert not recorder.missing, f"names CuPy lacks: {sorted(set(recorder.missing))}"
+    assert np.isfinite(value) and np.all(np.isfinite(params)) and np.all(np.isfinite(state))
+    expected = {
+        "xp.lib.stride_tricks.as_strided",  # im2col's patches
+        "xp.matmul",
+        "xp.greater",  # max-pool's running comparison
+        "xp.sqrt",  # batch norm
+        "xp.sum",
+        "ndarray.transpose",
+        "ndarray.flags",
+    }
+    assert expected <= recorder.used, sorted(expected - recorder.used)
+    plain = train_cnn(gpunn.get_backend("numpy"), opt_name)
+    for got, want in zip((params, state, value, predictions), plain, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_cnn_checkpoint_moves_between_backends_bit_for_bit(cupy_like, tmp_path):
+    """Saved from the stand-in backend, loaded on NumPy, and back: every bit is kept."""
+    from gpunn import checkpoint
+
+    backend, recorder = cupy_like
+    model = gpunn.Sequential(cnn(), backend=backend, seed=2, input_shape=(2, 10, 9))
+    x = np.random.default_rng(1).standard_normal((6, 2, 10, 9))
+    model.forward(backend.asarray(x, dtype=model.dtype))  # running statistics move
+    path = checkpoint.save(model, tmp_path / "cnn.safetensors")
+    on_numpy = checkpoint.load(path, backend="numpy")
+    back = checkpoint.load(
+        checkpoint.save(on_numpy, tmp_path / "back.safetensors"), backend=backend
+    )
+    for other in (on_numpy, back):
+        np.testing.assert_array_equal(
+            other.backend.to_numpy(other.flat_params), model.backend.to_numpy(model.flat_params)
+        )
+        np.testing.assert_array_equal(
+            other.backend.to_numpy(other.flat_state), model.backend.to_numpy(model.flat_state)
+        )
+        np.testing.assert_array_equal(np.asarray(other.predict(x)), np.asarray(model.predict(x)))
+    assert not recorder.missing
+
+
 def test_losses_and_optimizers_get_the_stand_in(cupy_like):
     backend, recorder = cupy_like
     z = backend.xp.asarray(np.random.default_rng(0).standard_normal((4, 3)))

@@ -1,4 +1,5 @@
-"""Tests for gpunn.training.progress: a rich bar on a terminal, plain lines elsewhere, or none."""
+"""Tests for gpunn.training.progress: a live bar and a table of epochs on a terminal (every
+column intact at 80 columns), aligned plain lines elsewhere, or nothing."""
 
 from __future__ import annotations
 
@@ -9,14 +10,19 @@ from typing import Any
 
 import numpy as np
 import pytest
+from rich.console import Console
 
 import gpunn
-from gpunn.training.progress import Progress, format_logs
+from gpunn.training.progress import Progress, count, format_logs
 
 LINE = re.compile(
-    r"^epoch (\d+)/(\d+)  loss (\d+\.\d{4})  accuracy (\d\.\d{4})"
-    r"(?:  val_loss (\d+\.\d{4})  val_accuracy (\d\.\d{4}))?  [\d,]+ samples/s$"
+    r"^epoch +(\d+)/(\d+)  loss +(\d+\.\d{4})  accuracy (\d\.\d{4})"
+    r"(?:  val_loss +(\d+\.\d{4})  val_accuracy (\d\.\d{4}))?  +[\d,]+ samples/s$"
 )
+ROW = re.compile(  # a row of the terminal's table of epochs
+    r"^ *(\d+)/(\d+) +(\d+\.\d{4}) +(\d\.\d{4})(?: +(\d+\.\d{4}) +(\d\.\d{4}))? +[\d,]+$"
+)
+ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @pytest.fixture(autouse=True)
@@ -86,6 +92,118 @@ def test_epoch_numbers_continue_after_initial_epoch(capsys: pytest.CaptureFixtur
     assert [line.split("  ")[0] for line in lines] == ["epoch 4/5", "epoch 5/5"]
 
 
+def test_plain_lines_are_aligned_from_epoch_1_to_epoch_10(capsys: pytest.CaptureFixture) -> None:
+    """ "epoch  3/10" is padded to the width of "epoch 10/10", and every field starts in the
+    same column on every line."""
+    fit(verbose=1, epochs=10, validation=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10
+    assert lines[2].startswith("epoch  3/10  ") and lines[9].startswith("epoch 10/10  ")
+    for field in ("loss", "accuracy", "val_loss", "val_accuracy", "samples/s"):
+        columns = {line.index(f" {field}") for line in lines}
+        assert len(columns) == 1, (field, lines)
+    assert len({len(line) for line in lines}) == 1, lines
+
+
+def screen(out: str) -> list[str]:
+    """What a terminal shows after ``out``: escape sequences removed, and of each line only the
+    text written after its last carriage return (the live row redraws itself that way)."""
+    lines = []
+    for line in ESCAPE.sub("", out).split("\n"):
+        shown = line.split("\r")
+        last = next((part for part in reversed(shown) if part.strip()), "")
+        if last.strip():
+            lines.append(last.rstrip())
+    return lines
+
+
+@pytest.mark.parametrize("columns", [80, 100, 120])
+def test_every_metric_survives_a_terminal_of(monkeypatch: pytest.MonkeyPatch, columns: int) -> None:
+    """On a terminal of 80 columns and wider each finished epoch keeps its number, loss,
+    accuracy, val_loss, val_accuracy and samples/s whole, under a header naming them."""
+    monkeypatch.setenv("COLUMNS", str(columns))
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
+    history = fit(verbose=1, epochs=12, validation=True)
+    shown = screen(terminal.getvalue())
+    assert "…" not in terminal.getvalue()  # nothing cut short
+    assert all(len(line) <= columns for line in shown), shown
+    header = [line for line in shown if line.split()[:1] == ["epoch"] and "loss" in line]
+    assert len(header) == 1, shown
+    assert header[0].split() == [
+        "epoch",
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "samples/s",
+    ]
+    rows = [ROW.match(line) for line in shown if ROW.match(line)]
+    assert [m.group(1, 2) for m in rows] == [(str(e), "12") for e in range(1, 13)]
+    for e, m in enumerate(rows):
+        assert float(m.group(3)) == pytest.approx(history["loss"][e], abs=5e-5)
+        assert float(m.group(4)) == pytest.approx(history["accuracy"][e], abs=5e-5)
+        assert float(m.group(5)) == pytest.approx(history["val_loss"][e], abs=5e-5)
+        assert float(m.group(6)) == pytest.approx(history["val_accuracy"][e], abs=5e-5)
+    lines = [line for line in shown if ROW.match(line)]
+    assert len({len(line) for line in [header[0], *lines]}) == 1  # one table, aligned
+
+
+@pytest.mark.parametrize("width", [80, 100, 120])
+def test_the_bar_is_what_shrinks(width: int) -> None:
+    """A wide epoch count, sample count and loss in a console of 80, 100 and 120 columns: the
+    live row (label, bar, samples done, time) and the table row fit; the bar takes the rest."""
+    console = Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None)
+    logs = {
+        "loss": 12.3456,
+        "accuracy": 0.5,
+        "val_loss": 23.4567,
+        "val_accuracy": 0.25,
+        "samples_per_second": 12_345_678.0,
+    }
+    with Progress(1, 1000, steps=10, samples=1_000_000, console=console) as progress:
+        progress.start_epoch(999)
+        progress.advance(500_000)
+        assert progress.bar is not None
+        progress.bar.refresh()
+        live = screen(console.file.getvalue())[-1]
+        progress.end_epoch(999, logs)
+    assert live.startswith("epoch  999/1000 ") and live.endswith("500000/1000000 0:00:00")
+    assert len(live) <= width and "━" in live
+    table = screen(console.file.getvalue())[-2:]
+    assert table[0].split() == [
+        "epoch",
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "samples/s",
+    ]
+    assert table[1].split() == ["999/1000", "12.3456", "0.5000", "23.4567", "0.2500", "12,345,678"]
+    assert all(len(line) <= 80 for line in table)
+
+
+def test_a_narrow_terminal_keeps_the_live_row_on_one_line() -> None:
+    console = Console(file=io.StringIO(), width=40, force_terminal=True, color_system=None)
+    with Progress(1, 30, steps=4, samples=1797, console=console) as progress:
+        progress.start_epoch(7)
+        progress.advance(900)
+        assert progress.bar is not None
+        progress.bar.refresh()
+        live = screen(console.file.getvalue())[-1]
+    assert live.startswith("epoch  7/30 ") and live.endswith("900/1797 0:00:00")
+    assert len(live) <= 40
+
+
+def test_count_says_1_epoch_and_2_epochs() -> None:
+    assert (count(1, "epoch"), count(2, "epoch"), count(0, "epoch")) == (
+        "1 epoch",
+        "2 epochs",
+        "0 epochs",
+    )
+    assert count(12345, "sample") == "12,345 samples"
+
+
 def test_verbose_0_prints_nothing(capsys: pytest.CaptureFixture) -> None:
     fit(verbose=0, epochs=2, validation=True)
     assert capsys.readouterr() == ("", "")
@@ -106,8 +224,10 @@ def test_a_rich_bar_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "━" in out  # the bar
     for e in (1, 2, 3):
         assert f"epoch {e}/3" in out
-    assert "64/64" in out  # samples done / samples per epoch
-    assert "samples/s" in out and "loss" in out and "accuracy" in out
+    assert "0/64" in out  # samples done / samples per epoch
+    shown = screen(out)
+    assert shown[0].split() == ["epoch", "loss", "accuracy", "samples/s"]  # no validation
+    assert [ROW.match(line).group(1) for line in shown[1:]] == ["1", "2", "3"]
     plain = [line for line in out.splitlines() if LINE.match(line)]
     assert plain == []  # not the log-file lines
 
@@ -131,17 +251,18 @@ def test_format_logs() -> None:
         "samples_per_second": 1234567.8,
     }
     assert format_logs(logs) == (
-        "loss 0.1235  accuracy 0.9700  val_loss 1.5000  val_accuracy 0.5000  1,234,568 samples/s"
+        "loss  0.1235  accuracy 0.9700  val_loss  1.5000  val_accuracy 0.5000   1,234,568 samples/s"
     )
-    assert format_logs({"loss": 2.0}) == "loss 2.0000"
+    assert format_logs({"loss": 2.0}) == "loss  2.0000"
+    assert format_logs({"loss": 12.0}) == "loss 12.0000"
 
 
 def test_the_bar_advances_by_each_batch_s_samples_and_stays_after_training(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Mid-epoch the bar shows the samples done so far (fit advances it by each batch's rows);
-    at the end of training the bars are kept on screen (not transient) and the live display
-    is stopped."""
+    the bar is transient (the table of epochs is what stays on screen) and the live display
+    is stopped at the end of training."""
     monkeypatch.setattr(sys, "stdout", FakeTerminal())
     advanced: list[int] = []
     original = Progress.advance
@@ -156,7 +277,7 @@ def test_the_bar_advances_by_each_batch_s_samples_and_stays_after_training(
     monkeypatch.setattr(Progress, "advance", original)
 
     progress = Progress(1, 3, steps=2, samples=10)
-    assert progress.bar is not None and not progress.bar.live.transient
+    assert progress.bar is not None and progress.bar.live.transient
     with progress as entered:
         assert entered is progress and progress.bar.live.is_started
         progress.start_epoch(1)

@@ -15,6 +15,10 @@ import pytest
 import gpunn
 from gpunn.datasets import spirals, train_val_test_split
 
+#: learning runs of many steps: they check convergence, not device rules, so the `backend`
+#: fixture gives them NumPy and a real GPU but not the (slower) emulation of CuPy
+pytestmark = pytest.mark.slow
+
 
 def test_gpunn_train_defaults_reach_97_percent_on_digits(tmp_path: pathlib.Path) -> None:
     env = dict(os.environ, GPUNN_BACKEND="numpy", GPUNN_DATA=str(tmp_path / "cache"))

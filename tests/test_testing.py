@@ -12,6 +12,7 @@ from gpunn.testing import (
     check_layer_gradients,
     check_loss_gradients,
     check_model_gradients,
+    ftz,
     relative_error,
 )
 
@@ -190,3 +191,47 @@ def test_relative_error_of_nan_is_not_small():
     """A NaN gradient must never pass a ``<= tolerance`` check."""
     error = relative_error(np.array([1.0, np.nan]), np.array([1.0, 2.0]))
     assert not error <= 1e-6
+
+
+# ------------------------------------------------------------------------------------------
+# ftz: expectations as a GPU computes them (float32 subnormals flushed)
+# ------------------------------------------------------------------------------------------
+
+
+def test_flush_subnormals_flushes_float32_subnormals_only():
+    x = np.array([1e-45, -1e-45, -1e-40, 1.2e-38, -3.0, 0.0, np.nan, np.inf], np.float32)
+    flushed = ftz.flush_subnormals(x)
+    assert flushed is not x and x[0] == np.float32(1e-45)  # a new array: x is left alone
+    np.testing.assert_array_equal(flushed, [0, 0, 0, np.float32(1.2e-38), -3, 0, np.nan, np.inf])
+    assert list(np.signbit(flushed[:3])) == [False, True, True]  # a zero of the same sign
+    x64 = np.array([5e-324, -1e-310])
+    assert ftz.flush_subnormals(x64) is x64  # float64 is never flushed
+    assert ftz.flush_subnormals(0.5) == 0.5 and ftz.flush_subnormals(np.float32(1e-45)) == 0
+
+
+def test_expected_flushes_arguments_and_results():
+    z = np.array([1e-45, -1e-38, 2.0, -2.0], np.float32)
+
+    def leaky(z: np.ndarray, slope: float = 0.01) -> np.ndarray:
+        return np.maximum(z, np.float32(slope) * z)
+
+    # -1e-38 * 0.01 is a subnormal result; 1e-45 a subnormal argument
+    np.testing.assert_array_equal(ftz.expected(leaky, z), np.array([0, 0, 2, -0.02], np.float32))
+    naive = ftz.expected(leaky, z, ftz=False)
+    assert naive[0] == np.float32(1e-45) and naive[1] != 0
+    assert z[0] == np.float32(1e-45)  # the caller's array is untouched
+    pair = ftz.expected(lambda a: (a * 1, a.astype(np.float64) * 1e-310), z)
+    assert pair[0][0] == 0 and pair[1][2] == 2e-310  # float64 results keep their subnormals
+
+
+def test_flushing_updates_in_place_state_as_a_gpu_keeps_it():
+    def step(p: np.ndarray, g: np.ndarray, *, lr: float) -> None:
+        p -= np.float32(lr) * g
+
+    p = np.array([1e-45, 1.0, 2e-38], np.float32)
+    g = np.array([0.0, 1e-45, 1e-36], np.float32)
+    naive = p.copy()
+    step(naive, g, lr=0.01)
+    ftz.flushing(step)(p, g, lr=0.01)
+    assert p[0] == 0 and p[1] == 1 and g[1] == 0  # subnormal arguments are zeros to the step
+    assert p[2] == 0 and 0 < naive[2] < np.finfo(np.float32).tiny  # a subnormal result too

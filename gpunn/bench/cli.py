@@ -1,8 +1,11 @@
 """The ``gpunn bench`` subcommand: argument parsing, the sweep, the table and the files.
 
 ``add_parser(subparsers)`` adds ``bench`` to the main ``gpunn`` parser (and sets
-``func=run``); ``run(args)`` returns the process exit code: 0 on success, 2 when the request
-cannot be honoured (an unavailable backend, a bad model or batch list, a bad baseline file).
+``func=run``); ``run(args)`` returns the process exit code: 0 on success, 2 for a usage error
+(a bad model, batch list or backend spec), 1 when the request cannot be honoured here (an
+unavailable backend, a missing or bad ``--cpu-baseline`` file, ``--compare torch`` without
+PyTorch, bench.png without matplotlib, an ``--out`` folder that cannot be written). Every one
+of these is found before the sweep starts, and reported in one line.
 
 Defaults keep a full sweep to a few minutes on a small CPU: every point stops timing a callable
 once its spread is below 5 % or after about 1 s of timing (``--budget``), after at least 5
@@ -12,8 +15,10 @@ repeats; a single step slower than the budget is still timed 5 times.
 from __future__ import annotations
 
 import argparse
+import importlib
 import shlex
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,6 +26,7 @@ from typing import Any
 from gpunn.backend import Backend, BackendUnavailableError, available_backends, get_backend
 from gpunn.bench.env import blas_threads, environment
 from gpunn.bench.harness import (
+    CONV_BATCH_SIZES,
     DEFAULT_BATCH_SIZES,
     SweepConfig,
     compute_crossovers,
@@ -32,18 +38,22 @@ from gpunn.bench.results import (
     crossover_lines,
     load_baseline,
     make_report,
+    ratio_marks,
     table_cells,
+    table_notes,
     write_csv,
     write_json,
     write_markdown,
 )
 from gpunn.bench.timing import Policy
 from gpunn.bench.torch_ref import load_torch
-from gpunn.bench.workload import MODELS, OPTIMIZERS, parse_model
+from gpunn.bench.workload import CONV_MODELS, MODELS, OPTIMIZERS, parse_model
 
 __all__ = ["add_parser", "main", "run"]
 
 DEFAULT_MODELS = ",".join(MODELS)
+DEFAULT_OUT = "bench-out"
+PLOT_HINT = "pip install 'gpunn[bench]' (or 'gpunn[plot]'), or pass --no-plot to skip bench.png"
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -53,8 +63,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="benchmark training and inference throughput (vs PyTorch and the GEMM limit)",
         description=(
             "Time the training step (forward, loss, backward, optimizer) and inference of ReLU "
-            "MLPs per backend and batch size, with the bare-GEMM limit and PyTorch measured in "
-            "the same run; print a table and write bench.json, bench.csv, bench.md, bench.png."
+            "MLPs and LeNet-5 per backend and batch size, with the bare-GEMM limit and PyTorch "
+            "measured in the same run; print a table and write bench.json, bench.csv, "
+            "bench.md, bench.png."
         ),
     )
     p.add_argument(
@@ -64,14 +75,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-sizes",
-        default=",".join(str(b) for b in DEFAULT_BATCH_SIZES),
-        help="comma list of batch sizes (default: %(default)s)",
+        default=None,
+        help="comma list of batch sizes (default: "
+        f"{','.join(str(b) for b in DEFAULT_BATCH_SIZES)} for an MLP, "
+        f"{','.join(str(b) for b in CONV_BATCH_SIZES)} for lenet5)",
+    )
+    mlps = ", ".join(f"{k}={'-'.join(map(str, v))}" for k, v in MODELS.items())
+    convs = ", ".join(
+        f"{k} (on {'x'.join(map(str, c.input_shape))})" for k, c in CONV_MODELS.items()
     )
     p.add_argument(
         "--model",
         default=DEFAULT_MODELS,
-        help=f"comma list of presets ({', '.join(f'{k}={v}' for k, v in MODELS.items())}) "
-        "or widths like 784-256-10 (default: all presets)",
+        help=f"comma list of MLP presets ({mlps}), widths like 784-256-10, or CNN presets "
+        f"({convs}: conv 6@5x5 pad 2, max-pool 2, conv 16@5x5, max-pool 2, 120, 84, 10) "
+        "(default: the MLP presets)",
     )
     p.add_argument(
         "--compare",
@@ -86,7 +104,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="JSON",
         help="a bench.json from a CPU run: the GPU crossover is also computed against it",
     )
-    p.add_argument("--out", default="bench-results", help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help="output folder (default: %(default)s; the repository's committed results are in "
+        "bench/results/, written only when asked for with --out bench/results)",
+    )
     p.add_argument(
         "--budget",
         type=float,
@@ -109,13 +132,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "the other library stop spinning (default: %(default)s)",
     )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-plot", action="store_true", help="skip bench.png")
+    p.add_argument("--no-plot", action="store_true", help="skip bench.png (needs no matplotlib)")
     p.set_defaults(func=run)
     return p
 
 
 class UsageError(ValueError):
-    """A request ``gpunn bench`` cannot honour; the message goes to stderr, exit code 2."""
+    """A malformed request (bad model, batch list, backend spec): one line, exit code 2."""
+
+
+class BenchError(RuntimeError):
+    """A request this machine cannot honour (a backend, file, library or folder is missing or
+    unusable): one line, exit code 1."""
 
 
 def _int_list(text: str, what: str) -> list[int]:
@@ -144,7 +172,9 @@ def _backends(text: str) -> tuple[list[Backend], list[str]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 backends.append(get_backend(spec))
-        except (BackendUnavailableError, ValueError) as exc:
+        except BackendUnavailableError as exc:
+            raise BenchError(str(exc)) from None
+        except ValueError as exc:  # not a backend spec at all
             raise UsageError(str(exc)) from None
     return list(dict.fromkeys(backends)), notes
 
@@ -153,6 +183,8 @@ def _torch(mode: str, threads: int | None) -> tuple[Any, str]:
     if mode == "none":
         return None, "PyTorch comparison switched off (--compare none)"
     torch, why = load_torch()
+    if torch is None and mode == "torch":  # asked for by name: an error, not a note
+        raise BenchError(f"--compare torch: {why}")
     if torch is None:
         return None, f"PyTorch not measured: {why}"
     if threads:
@@ -161,18 +193,22 @@ def _torch(mode: str, threads: int | None) -> tuple[Any, str]:
 
 
 def _build(args: argparse.Namespace) -> tuple[SweepConfig, list[str], dict[str, Any] | None]:
-    backends, notes = _backends(args.backend)
     try:
         models = [parse_model(m) for m in args.model.split(",") if m.strip()]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    batches = _int_list(args.batch_sizes, "--batch-sizes")
+    batches = _int_list(args.batch_sizes, "--batch-sizes") if args.batch_sizes else None
+    backends, notes = _backends(args.backend)  # usage errors first, then what is missing here
     baseline = None
     if args.cpu_baseline:
         try:
             baseline = load_baseline(args.cpu_baseline)
+        except FileNotFoundError:
+            raise BenchError(f"--cpu-baseline: no such file: {args.cpu_baseline}") from None
         except (OSError, ValueError) as exc:
-            raise UsageError(f"--cpu-baseline: {exc}") from None
+            raise BenchError(f"--cpu-baseline {args.cpu_baseline}: {exc}") from None
+    _check_plot(args.no_plot)
+    _check_out(Path(args.out))
     torch, note = _torch(args.compare, blas_threads())
     if note:
         notes.append(note)
@@ -197,6 +233,31 @@ def _build(args: argparse.Namespace) -> tuple[SweepConfig, list[str], dict[str, 
     return cfg, notes, baseline
 
 
+def _check_plot(no_plot: bool) -> None:
+    """matplotlib draws bench.png: find out now, not after the sweep, that it is missing."""
+    if no_plot:
+        return
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        raise BenchError(
+            f"bench.png needs matplotlib, which is not installed: {PLOT_HINT}"
+        ) from None
+
+
+def _check_out(out: Path) -> None:
+    """Create the output folder and make sure files can be written in it, before the sweep."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise BenchError(
+            f"cannot write the results to --out {out}: {why}; choose another folder with --out"
+        ) from None
+
+
 def _print_table(console: Any, report: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -206,6 +267,8 @@ def _print_table(console: Any, report: dict[str, Any]) -> None:
     for row in report["rows"]:
         table.add_row(*table_cells(row))
     console.print(table)
+    for line in table_notes(report["rows"]):
+        console.print(line, highlight=False)
     for line in crossover_lines(report):
         console.print(line)
 
@@ -235,17 +298,22 @@ def run(args: argparse.Namespace) -> int:
         console = Console(width=160)  # a log file: no need to squeeze the table into 80 columns
     try:
         cfg, notes, baseline = _build(args)
-    except UsageError as exc:
+    except (UsageError, BenchError) as exc:
+        if getattr(args, "debug", False):
+            raise
         print(f"gpunn bench: error: {exc}", file=sys.stderr)
-        return 2
+        return 2 if isinstance(exc, UsageError) else 1
     for note in notes:
         console.print(f"[yellow]note:[/] {note}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
 
     def progress(row: dict[str, Any]) -> None:
-        extra = f"  limit {row['limit_fraction']:.2f}" if row.get("limit_fraction") else ""
-        extra += f"  vs torch {row['vs_torch_train']:.2f}" if row.get("vs_torch_train") else ""
+        marks = {k: f" ({v})" if v else "" for k, v in ratio_marks(row).items()}
+        extra = ""
+        if row.get("limit_fraction"):
+            extra += f"  limit {row['limit_fraction']:.2f}{marks['limit_fraction']}"
+        if row.get("vs_torch_train"):
+            extra += f"  vs torch {row['vs_torch_train']:.2f}{marks['vs_torch_train']}"
         busy = row.get("other_cpu") or 0.0
         extra += f"  [yellow](other processes used {busy:.0%} of the CPU)[/]" if busy > 0.05 else ""
         console.print(

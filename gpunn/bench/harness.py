@@ -1,5 +1,9 @@
 """The sweep: every (model, batch size, backend) point timed against its GEMM limit and PyTorch.
 
+A model is an MLP (layer widths) or a convolutional preset such as LeNet-5
+(:mod:`gpunn.bench.workload`); PyTorch runs the same network layer for layer
+(:func:`gpunn.bench.torch_ref.torch_network`).
+
 At each point the gpunn training step, gpunn inference, the bare GEMMs of the step and (when
 PyTorch is there) torch's training step and inference on the matching device (NumPy <-> torch
 CPU, CuPy <-> torch CUDA) are timed *interleaved* (:func:`gpunn.bench.timing.time_interleaved`),
@@ -18,20 +22,39 @@ from gpunn.backend import Backend
 from gpunn.bench.crossover import crossover
 from gpunn.bench.load import OtherLoad
 from gpunn.bench.memory import MemoryPeak, host_rss_bytes
+from gpunn.bench.results import flag_ratios
 from gpunn.bench.timing import Policy, Timed, time_interleaved
 from gpunn.bench.torch_ref import TorchWorkload
 from gpunn.bench.workload import (
     OPTIMIZERS,
+    ConvNet,
     GemmWorkload,
     GpunnWorkload,
+    Model,
+    im2col_bytes,
     model_label,
     model_name,
 )
 
-__all__ = ["DEFAULT_BATCH_SIZES", "SweepConfig", "compute_crossovers", "run_sweep"]
+__all__ = [
+    "CONV_BATCH_SIZES",
+    "DEFAULT_BATCH_SIZES",
+    "SweepConfig",
+    "compute_crossovers",
+    "default_batch_sizes",
+    "run_sweep",
+]
 
-#: powers of 4 from 1 to 16384 (the issue's sweep)
+#: powers of 4 from 1 to 16384 (the issue's sweep), for the MLPs
 DEFAULT_BATCH_SIZES: tuple[int, ...] = (1, 4, 16, 64, 256, 1024, 4096, 16384)
+#: powers of 2 from 16 to 256, for the convolutional presets (a LeNet-5 step at batch 16384
+#: would hold over 2 GB of im2col columns)
+CONV_BATCH_SIZES: tuple[int, ...] = (16, 32, 64, 128, 256)
+
+
+def default_batch_sizes(model: Model) -> list[int]:
+    """The batch sizes a model is swept over when none are given."""
+    return list(CONV_BATCH_SIZES if isinstance(model, ConvNet) else DEFAULT_BATCH_SIZES)
 
 
 @dataclass
@@ -39,8 +62,8 @@ class SweepConfig:
     """What to measure. ``torch`` is the imported module, or None to skip the comparison."""
 
     backends: list[Backend]
-    models: list[tuple[int, ...]]
-    batch_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_BATCH_SIZES))
+    models: list[Model]
+    batch_sizes: list[int] | None = None  # None: each model's default_batch_sizes
     dtype: str = "float32"
     optimizer: str = "sgd"
     policy: Policy = field(default_factory=Policy)
@@ -48,12 +71,17 @@ class SweepConfig:
     seed: int = 0
     clock: Callable[[], float] | None = None  # None: time.perf_counter (tests pass a fake)
 
+    def batches(self, model: Model) -> list[int]:
+        """The batch sizes ``model`` is measured at."""
+        return list(self.batch_sizes) if self.batch_sizes else default_batch_sizes(model)
+
     def settings(self) -> dict[str, Any]:
         """The JSON ``settings`` record."""
         return {
             "backends": [b.spec for b in self.backends],
             "models": [model_label(m) for m in self.models],
-            "batch_sizes": list(self.batch_sizes),
+            "batch_sizes": sorted({b for m in self.models for b in self.batches(m)}),
+            "batch_sizes_per_model": {model_label(m): self.batches(m) for m in self.models},
             "dtype": self.dtype,
             "optimizer": self.optimizer,
             "optimizer_hyperparams": OPTIMIZERS[self.optimizer],
@@ -83,10 +111,10 @@ def _free_gpu(backend: Backend, torch: Any) -> None:
             torch.cuda.empty_cache()
 
 
-def _base_row(widths: tuple[int, ...], batch: int, cfg: SweepConfig) -> dict[str, Any]:
+def _base_row(model: Model, batch: int, cfg: SweepConfig) -> dict[str, Any]:
     return {
-        "model": model_label(widths),
-        "model_name": model_name(widths),
+        "model": model_label(model),
+        "model_name": model_name(model),
         "batch": batch,
         "dtype": cfg.dtype,
         "optimizer": cfg.optimizer.upper() if cfg.optimizer == "sgd" else cfg.optimizer.title(),
@@ -94,22 +122,22 @@ def _base_row(widths: tuple[int, ...], batch: int, cfg: SweepConfig) -> dict[str
 
 
 def measure_point(
-    widths: tuple[int, ...], batch: int, backend: Backend, cfg: SweepConfig
+    model: Model, batch: int, backend: Backend, cfg: SweepConfig
 ) -> list[dict[str, Any]]:
     """Time one (model, batch size, backend) point; returns the gpunn row and the torch row."""
     if backend.is_gpu:
         with backend.xp.cuda.Device(backend.device):  # workspaces are made on the current device
-            return _measure_point(widths, batch, backend, cfg)
-    return _measure_point(widths, batch, backend, cfg)
+            return _measure_point(model, batch, backend, cfg)
+    return _measure_point(model, batch, backend, cfg)
 
 
 def _measure_point(
-    widths: tuple[int, ...], batch: int, backend: Backend, cfg: SweepConfig
+    model: Model, batch: int, backend: Backend, cfg: SweepConfig
 ) -> list[dict[str, Any]]:
     _free_gpu(backend, cfg.torch)
     mem = MemoryPeak(backend)
     gw = GpunnWorkload.create(
-        widths, batch, backend, dtype=cfg.dtype, optimizer=cfg.optimizer, seed=cfg.seed
+        model, batch, backend, dtype=cfg.dtype, optimizer=cfg.optimizer, seed=cfg.seed
     )
     initial = gw.model.state_dict()  # PyTorch starts from these same weights
     gw.train_step()  # the first step allocates the workspaces: part of the footprint
@@ -117,12 +145,13 @@ def _measure_point(
     backend.synchronize()
     mem.sample()
     gpunn_setup, gpu_used, gpu_total = mem.growth, mem.gpu_used, mem.gpu_total
+    cols = im2col_bytes(gw.model) if isinstance(model, ConvNet) else None
 
     entries = [
         Timed("train", gw.train_step, gw.sync, group="gpunn"),
         Timed("infer", gw.infer, gw.sync, group="gpunn"),
     ]
-    gemm = GemmWorkload(widths, batch, backend, cfg.dtype)
+    gemm = GemmWorkload(model, batch, backend, cfg.dtype)
     entries.append(Timed("gemm", gemm.run, gemm.sync, group="gpunn"))
 
     tw = None
@@ -131,7 +160,16 @@ def _measure_point(
         rss0 = host_rss_bytes()
         x, y = backend.to_numpy(gw.x), backend.to_numpy(gw.y)
         lr = OPTIMIZERS[cfg.optimizer]["lr"]
-        tw = TorchWorkload(cfg.torch, initial, x, y, device=device, optimizer=cfg.optimizer, lr=lr)
+        tw = TorchWorkload(
+            cfg.torch,
+            initial,
+            x,
+            y,
+            device=device,
+            optimizer=cfg.optimizer,
+            lr=lr,
+            layers=gw.model.layers,
+        )
         tw.reset_peak_memory()
         tw.train_step()
         tw.infer()
@@ -145,18 +183,18 @@ def _measure_point(
     t = time_interleaved(entries, cfg.policy, between=mem.sample, **clock)
     other_cpu = load.fraction()
 
-    row = _base_row(widths, batch, cfg)
+    row = _base_row(model, batch, cfg)
     row |= {"params": gw.model.num_params, "engine": "gpunn", "device": backend.spec}
     row |= _throughput(t["train"], t["infer"], batch)
     row |= t["gemm"].as_dict("gemm") | {"gemm_count": gemm.count}
     row["limit_fraction"] = t["gemm"].median_s / t["train"].median_s
     row["limit_fraction_best"] = t["gemm"].min_s / t["train"].min_s
     row |= {"rss_peak_bytes": mem.rss, "rss_setup_bytes": gpunn_setup}
-    row |= {"gpu_used_bytes": gpu_used, "gpu_total_bytes": gpu_total}
+    row |= {"gpu_used_bytes": gpu_used, "gpu_total_bytes": gpu_total, "im2col_bytes": cols}
     row["other_cpu"] = other_cpu
     rows = [row]
     if tw is not None:
-        trow = _base_row(widths, batch, cfg)
+        trow = _base_row(model, batch, cfg)
         trow |= {"params": row["params"], "engine": "torch", "device": device}
         trow |= _throughput(t["torch_train"], t["torch_infer"], batch)
         trow |= {"rss_peak_bytes": mem.rss, "rss_setup_bytes": torch_setup}
@@ -166,6 +204,7 @@ def _measure_point(
         row["vs_torch_infer"] = row["infer_samples_per_s"] / trow["infer_samples_per_s"]
         row["vs_torch_train_best"] = trow["train_min_s"] / row["train_min_s"]
         rows.append(trow)
+    row |= flag_ratios(row, rows[1] if tw is not None else None)  # *_noisy, *_disturbed
     return rows
 
 
@@ -183,10 +222,10 @@ def run_sweep(
 ) -> list[dict[str, Any]]:
     """Every point of the grid, model by model, batch by batch; ``progress`` gets each row."""
     rows: list[dict[str, Any]] = []
-    for widths in cfg.models:
-        for batch in cfg.batch_sizes:
+    for model in cfg.models:
+        for batch in cfg.batches(model):
             for backend in cfg.backends:
-                for row in measure_point(widths, batch, backend, cfg):
+                for row in measure_point(model, batch, backend, cfg):
                     rows.append(row)
                     if progress is not None:
                         progress(row)

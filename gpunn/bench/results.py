@@ -5,7 +5,8 @@ bench.json (``schema: "gpunn-bench/1"``) is one object:
 
 * ``schema``: ``"gpunn-bench/1"``.
 * ``created``: UTC time, ISO 8601.  ``command``: the command line that produced the file.
-* ``settings``: ``backends``, ``models`` (width strings), ``batch_sizes``, ``dtype``,
+* ``settings``: ``backends``, ``models`` (model labels), ``batch_sizes`` (every batch size
+  measured), ``batch_sizes_per_model`` (model label -> its batch sizes), ``dtype``,
   ``optimizer``, ``optimizer_hyperparams``, ``activation``, ``loss``, ``compare_torch``,
   ``policy`` (the timing policy of :class:`gpunn.bench.timing.Policy`), ``seed``,
   ``threads`` (``blas`` and ``torch`` thread counts).
@@ -29,7 +30,8 @@ bench.json (``schema: "gpunn-bench/1"``) is one object:
 
 ``ROW_FIELDS`` (also the columns of bench.csv, in this order; absent values are null / empty):
 
-* ``model`` (``"784-256-10"``), ``model_name`` (``"mnist"``, or ``""`` for a custom model),
+* ``model`` (``"784-256-10"`` for an MLP, ``"lenet5-1x28x28"`` for a convolutional preset),
+  ``model_name`` (``"mnist"``, ``"lenet5"``, or ``""`` for a custom model),
   ``params`` (trainable parameters), ``batch``, ``engine`` (``"gpunn"`` or ``"torch"``),
   ``device`` (``"numpy"``, ``"cupy:0"``, ``"cpu"``, ``"cuda:0"``), ``dtype``, ``optimizer``.
 * ``train_s``, ``train_min_s``, ``train_max_s``: median, min and max seconds per training step
@@ -38,18 +40,33 @@ bench.json (``schema: "gpunn-bench/1"``) is one object:
 * ``infer_s``, ``infer_min_s``, ``infer_max_s``, ``infer_repeats``, ``infer_spread``,
   ``infer_samples_per_s``: the same for a forward pass in inference mode.
 * ``gemm_s``, ``gemm_min_s``, ``gemm_max_s``, ``gemm_repeats``, ``gemm_spread``: the bare GEMMs
-  of one step timed alone (gpunn rows); ``gemm_count`` (3 x layers - 1).
+  of one step timed alone (gpunn rows); ``gemm_count`` (3 per Dense or Conv2D layer, less the
+  first one's input gradient: 3 x layers - 1 for an MLP, 14 for LeNet-5). A convolution's GEMMs
+  are those of im2col at the same shapes: ``W (O, C*kh*kw) @ cols (C*kh*kw, N*Ho*Wo)`` forward,
+  ``dz @ cols^T`` and ``W^T @ dz`` backward (:func:`gpunn.bench.workload.step_gemms`).
 * ``limit_fraction`` = ``gemm_s / train_s`` (gpunn rows; 1.0 would mean zero overhead);
   ``limit_fraction_best`` = ``gemm_min_s / train_min_s``, from the fastest repeats (less
   sensitive to a busy machine, which slows the step's many small operations most).
 * ``vs_torch_train``, ``vs_torch_infer``: gpunn samples/s / PyTorch samples/s on the matching
   device, measured interleaved in the same run (gpunn rows, when PyTorch ran), from the
   medians; ``vs_torch_train_best``: the same from the fastest repeats (``train_min_s``).
+* ``vs_torch_train_noisy``, ``vs_torch_infer_noisy``, ``limit_fraction_noisy``: true when the
+  repeats of the two timings a ratio divides are spread so widely that the ratio means little
+  (:func:`ratio_is_noisy`: their ``*_spread`` values summed above :data:`NOISY_SPREAD_SUM`, or
+  either one's slowest repeat more than :data:`NOISY_RANGE` times its fastest); null where the
+  ratio is.
+* ``limit_fraction_disturbed``: true when ``limit_fraction`` or ``limit_fraction_best`` is above
+  1. The bare GEMMs are part of the step, so alone they cannot take longer than the whole step:
+  a fraction above 1 means the machine's speed changed between the two timings, and the value
+  measures the machine, not gpunn.
 * ``rss_peak_bytes``: the process's peak resident set size seen while the point was timed;
   ``rss_setup_bytes``: RSS growth from building this engine's model and batch and its first step.
 * ``gpu_used_bytes``, ``gpu_total_bytes``: on CuPy the memory pool's bytes in use by live arrays
   and held by the pool after the first step (from an emptied pool); on torch CUDA
   ``max_memory_allocated`` / ``max_memory_reserved``; null on the CPU.
+* ``im2col_bytes``: for a convolutional model, the bytes of the im2col matrices its Conv2D
+  layers hold after the first step (measured from the arrays; they are kept and reused, so
+  this is also their peak; :func:`gpunn.bench.workload.im2col_bytes`); null for an MLP.
 * ``other_cpu``: the share of all CPU cores that *other* processes kept busy while the point was
   timed (:mod:`gpunn.bench.load`); above about 0.05 the machine was not quiet and the times,
   ratios included, deserve less trust.
@@ -65,11 +82,16 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "NOISY_RANGE",
+    "NOISY_SPREAD_SUM",
     "ROW_FIELDS",
     "SCHEMA",
+    "flag_ratios",
     "load_baseline",
     "make_report",
     "markdown_table",
+    "ratio_is_noisy",
+    "table_notes",
     "write_csv",
     "write_json",
     "write_markdown",
@@ -109,10 +131,15 @@ ROW_FIELDS: tuple[str, ...] = (
     "vs_torch_train",
     "vs_torch_infer",
     "vs_torch_train_best",
+    "vs_torch_train_noisy",
+    "vs_torch_infer_noisy",
+    "limit_fraction_noisy",
+    "limit_fraction_disturbed",
     "rss_peak_bytes",
     "rss_setup_bytes",
     "gpu_used_bytes",
     "gpu_total_bytes",
+    "im2col_bytes",
     "other_cpu",
 )
 
@@ -127,6 +154,40 @@ TOP_LEVEL_FIELDS = (
     "cpu_baseline",
     "notes",
 )
+
+
+# --------------------------------------------------------------------------------------------
+# When a ratio means little: the rule behind the *_noisy and *_disturbed fields
+# --------------------------------------------------------------------------------------------
+
+#: a ratio of two medians is noisy when the two timings' spreads (interquartile range / median)
+#: add up to more than this: each median is then uncertain by a quarter or more
+NOISY_SPREAD_SUM = 0.5
+#: ... or when either timing's slowest repeat took more than this many times its fastest: its
+#: speed changed several-fold while it was measured (e.g. threads of two libraries fighting)
+NOISY_RANGE = 4.0
+
+
+def ratio_is_noisy(a: dict[str, Any], a_prefix: str, b: dict[str, Any], b_prefix: str) -> bool:
+    """Whether the ratio of timing ``a_prefix`` of row ``a`` to ``b_prefix`` of row ``b``
+    (e.g. gpunn's ``train`` to torch's ``train``) is too noisy to mean much (rule above)."""
+    spread = a[f"{a_prefix}_spread"] + b[f"{b_prefix}_spread"]
+    ranges = [r[f"{p}_max_s"] / r[f"{p}_min_s"] for r, p in ((a, a_prefix), (b, b_prefix))]
+    return spread > NOISY_SPREAD_SUM or max(ranges) > NOISY_RANGE
+
+
+def flag_ratios(row: dict[str, Any], torch_row: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``*_noisy`` and ``limit_fraction_disturbed`` fields of a gpunn row (its timings, and
+    those of the matching PyTorch row when there is one)."""
+    flags: dict[str, Any] = {}
+    if row.get("gemm_s") is not None:
+        flags["limit_fraction_noisy"] = ratio_is_noisy(row, "gemm", row, "train")
+        best = row.get("limit_fraction_best") or 0.0
+        flags["limit_fraction_disturbed"] = max(row["limit_fraction"], best) > 1.0
+    if torch_row is not None:
+        flags["vs_torch_train_noisy"] = ratio_is_noisy(row, "train", torch_row, "train")
+        flags["vs_torch_infer_noisy"] = ratio_is_noisy(row, "infer", torch_row, "infer")
+    return flags
 
 
 def make_report(
@@ -194,6 +255,7 @@ TABLE_COLUMNS = (
     "infer vs torch",
     "peak RSS MiB",
     "GPU pool MiB",
+    "im2col MiB",
     "other CPU",
 )
 
@@ -208,15 +270,35 @@ def _fmt_ratio(x: float | None) -> str:
     return "" if x is None else f"{x:.2f}"
 
 
-def _with_best(median: float | None, best: float | None) -> str:
-    """``"0.88 (0.91)"``: from the medians, and in brackets from the fastest repeats."""
+def _with_best(median: float | None, best: float | None, mark: str = "") -> str:
+    """``"0.88 (0.91)"``: from the medians, and in brackets from the fastest repeats; ``mark``
+    (``"noisy"``, ``"disturbed"``) follows when the rule above applies."""
     if median is None:
         return ""
-    return f"{median:.2f}" + (f" ({best:.2f})" if best is not None else "")
+    return f"{median:.2f}" + (f" ({best:.2f})" if best is not None else "") + _mark(mark)
 
 
-def _mib(x: int | None) -> str:
-    return "" if x is None else f"{x / 2**20:,.0f}"
+def _mark(mark: str) -> str:
+    return f" {mark}" if mark else ""
+
+
+def ratio_marks(row: dict[str, Any]) -> dict[str, str]:
+    """``{"vs_torch_train": "noisy", "limit_fraction": "disturbed", ...}``: the word to print
+    after each ratio of a row ("" when it is sound). Disturbed outranks noisy."""
+    limit = ""
+    if row.get("limit_fraction_disturbed"):
+        limit = "disturbed"
+    elif row.get("limit_fraction_noisy"):
+        limit = "noisy"
+    return {
+        "vs_torch_train": "noisy" if row.get("vs_torch_train_noisy") else "",
+        "vs_torch_infer": "noisy" if row.get("vs_torch_infer_noisy") else "",
+        "limit_fraction": limit,
+    }
+
+
+def _mib(x: int | None, digits: int = 0) -> str:
+    return "" if x is None else f"{x / 2**20:,.{digits}f}"
 
 
 def table_cells(row: dict[str, Any]) -> list[str]:
@@ -225,18 +307,25 @@ def table_cells(row: dict[str, Any]) -> list[str]:
     low = batch / row["train_max_s"] if row.get("train_max_s") else None
     high = batch / row["train_min_s"] if row.get("train_min_s") else None
     span = f" ({_fmt_rate(low)}-{_fmt_rate(high)})" if low and high else ""
+    marks = ratio_marks(row)
+    infer = _fmt_ratio(row.get("vs_torch_infer"))
     return [
         row["model"],
         str(batch),
         row["engine"],
         row["device"],
         _fmt_rate(row.get("train_samples_per_s")) + span,
-        _with_best(row.get("vs_torch_train"), row.get("vs_torch_train_best")),
-        _with_best(row.get("limit_fraction"), row.get("limit_fraction_best")),
+        _with_best(
+            row.get("vs_torch_train"), row.get("vs_torch_train_best"), marks["vs_torch_train"]
+        ),
+        _with_best(
+            row.get("limit_fraction"), row.get("limit_fraction_best"), marks["limit_fraction"]
+        ),
         _fmt_rate(row.get("infer_samples_per_s")),
-        _fmt_ratio(row.get("vs_torch_infer")),
+        infer + (_mark(marks["vs_torch_infer"]) if infer else ""),
         _mib(row.get("rss_peak_bytes")),
         _mib(row.get("gpu_used_bytes")),
+        _mib(row.get("im2col_bytes"), digits=1),
         "" if row.get("other_cpu") is None else f"{row['other_cpu']:.0%}",
     ]
 
@@ -260,13 +349,34 @@ def crossover_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+NOTES = {
+    "noisy": (
+        "noisy: the repeats of one of the two timings behind this ratio are spread so widely "
+        f"(interquartile range / median of the two summing above {NOISY_SPREAD_SUM}, or a "
+        f"slowest repeat over {NOISY_RANGE:g}x the fastest) that the ratio means little; "
+        "measure again on a quiet machine, or with a larger --budget"
+    ),
+    "disturbed": (
+        "disturbed: a limit fraction above 1 cannot be measured on a steady machine (the bare "
+        "GEMMs are part of the step); the machine's speed changed between the two timings"
+    ),
+}
+
+
+def table_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """The explanation of each mark ("noisy", "disturbed") that appears in these rows."""
+    used = {mark for row in rows for mark in ratio_marks(row).values() if mark}
+    return [NOTES[mark] for mark in NOTES if mark in used]
+
+
 def markdown_table(report: dict[str, Any]) -> str:
-    """The results table in GitHub markdown, followed by the crossover sentences."""
+    """The results table in GitHub markdown, then what its marks mean and the crossovers."""
     head = "| " + " | ".join(TABLE_COLUMNS) + " |"
     rule = "|" + "|".join("---" if i < 4 else "---:" for i in range(len(TABLE_COLUMNS))) + "|"
     lines = [head, rule]
     lines += ["| " + " | ".join(table_cells(r)) + " |" for r in report["rows"]]
     lines.append("")
+    lines += [f"- {line}" for line in table_notes(report["rows"])]
     lines += [f"- {line}" for line in crossover_lines(report)]
     return "\n".join(lines) + "\n"
 

@@ -14,13 +14,38 @@ import numpy as np
 def load_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
     """Read X float32 (n, ...) and y (n,) from ``.npz`` (arrays "X", "y") or ``.csv``.
 
-    A CSV file is comma-separated numbers, one sample per line, the label in the
-    last column; a first line holding any non-number is taken as a header. Labels
-    that are all whole numbers come back as int64, otherwise as float32.
+    A CSV file is comma-separated numbers, one sample per line, the label in the last column.
+    A first line that holds no number at all is a header (see :func:`csv_header`); a first line
+    mixing numbers and other text is an error. Labels that are all whole numbers come back as
+    int64, otherwise as float32.
     """
+    p = _existing(path)
+    if p.suffix.lower() == ".npz":
+        X, y = _read_npz(p, ("X", "y"))
+    else:
+        table, _ = _read_csv(p)
+        if table.shape[1] < 2:
+            raise ValueError(
+                f"{p}: rows have 1 column; expected at least 2 comma-separated columns "
+                "(features, then the label)"
+            )
+        X, y = table[:, :-1], table[:, -1]
+    return _finish(p, X, y)
+
+
+def csv_header(path: str | os.PathLike[str]) -> list[str] | None:
+    """The header cells of a CSV data file, or None when its first line is data.
+
+    The rule: the first non-blank line is a header when none of its cells is a number.
+    """
+    p = _existing(path)
+    return _read_csv(p)[1] if p.suffix.lower() == ".csv" else None
+
+
+def _existing(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path, if it is an existing .npz or .csv file (else a clear error)."""
     p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix not in (".npz", ".csv"):
+    if p.suffix.lower() not in (".npz", ".csv"):
         raise ValueError(
             f"{p}: unsupported file type {p.suffix or '(no extension)'!r}; "
             "expected a .npz archive with arrays 'X' and 'y', or a .csv file"
@@ -29,33 +54,43 @@ def load_file(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
         raise IsADirectoryError(f"{p}: is a directory, not a data file")
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no such file")
-    X, y = _read_npz(p) if suffix == ".npz" else _read_csv(p)
-    return _finish(p, X, y)
+    return p
 
 
-def _read_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Arrays "X" and "y" from an .npz archive, refusing pickled objects."""
+def _read_npz(p: Path, names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
+    """The arrays ``names`` of an .npz archive; never unpickles anything."""
+    # np.load takes a file that is not a zip archive for a .npy or a pickle, and its error then
+    # suggests allow_pickle=True, which would run code from the file: check the format first.
+    if not zipfile.is_zipfile(p):
+        raise ValueError(
+            f"{p}: not an .npz archive (an .npz file is a zip archive of arrays, as written "
+            "by numpy.savez)"
+        )
     try:
         with np.load(p, allow_pickle=False) as archive:
             found = sorted(archive.files)
-            missing = [key for key in ("X", "y") if key not in found]
+            missing = [key for key in names if key not in found]
             if missing:
                 raise ValueError(
-                    f"{p}: missing array(s) {missing}; expected arrays 'X' and 'y', "
-                    f"found {found or 'no arrays'}"
+                    f"{p}: missing array(s) {missing}; expected arrays "
+                    f"{' and '.join(repr(n) for n in names)}, found {found or 'no arrays'}"
                 )
-            return archive["X"], archive["y"]
-    except (zipfile.BadZipFile, EOFError) as err:
-        raise ValueError(f"{p}: not a valid .npz archive ({err})") from err
-    except ValueError as err:
-        if str(err).startswith(str(p)):
-            raise
-        # numpy says "Object arrays cannot be loaded when allow_pickle=False" and the like.
-        raise ValueError(f"{p}: cannot read arrays 'X' and 'y' ({err})") from err
+            arrays = []
+            for name in names:
+                try:
+                    arrays.append(archive[name])
+                except ValueError:  # numpy: "Object arrays cannot be loaded when allow_pickle..."
+                    raise ValueError(
+                        f"{p}: array {name!r} holds Python objects, not numbers; gpunn reads "
+                        "only numeric arrays"
+                    ) from None
+            return tuple(arrays)
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise ValueError(f"{p}: not a readable .npz archive ({err})") from err
 
 
-def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Numeric table from a CSV file: features are all columns but the last, which is y."""
+def _read_csv(p: Path) -> tuple[np.ndarray, list[str] | None]:
+    """The numeric table (rows, columns) float64 of a CSV file, and its header (or None)."""
     # utf-8-sig drops the byte-order mark that spreadsheet programs like to write.
     with open(p, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
@@ -68,16 +103,13 @@ def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
     if not lines:
         raise ValueError(f"{p}: the file is empty; expected comma-separated numbers")
     first_num, first_row = lines[0]
-    if any(_number(cell) is None for cell in first_row):
-        lines = lines[1:]  # a header: it sets the expected column count but holds no data
+    header = None
+    if all(_number(cell) is None for cell in first_row):
+        header = [cell.strip() for cell in first_row]  # sets the column count, holds no data
+        lines = lines[1:]
         if not lines:
             raise ValueError(f"{p}: only a header line, no data rows")
     width = len(first_row)
-    if width < 2:
-        raise ValueError(
-            f"{p}: line {first_num} has {width} column; expected at least 2 "
-            "comma-separated columns (features, then the label)"
-        )
     table = np.empty((len(lines), width), dtype=np.float64)
     for i, (num, row) in enumerate(lines):
         if len(row) != width:
@@ -87,11 +119,17 @@ def _read_csv(p: Path) -> tuple[np.ndarray, np.ndarray]:
         for col, cell in enumerate(row):
             value = _number(cell)
             if value is None:
+                rule = (
+                    " (a first line is a header only when none of its cells is a number)"
+                    if num == first_num
+                    else ""
+                )
                 raise ValueError(
-                    f"{p}: line {num}, column {col + 1}: {cell.strip()!r} is not a finite number"
+                    f"{p}: line {num}, column {col + 1}: {cell.strip()!r} is not a finite "
+                    f"number{rule}"
                 )
             table[i, col] = value
-    return table[:, :-1], table[:, -1]
+    return table, header
 
 
 def _has_cells(row: list[str]) -> bool:
@@ -139,28 +177,26 @@ def load_features(path: str | os.PathLike[str], n_features: int) -> np.ndarray:
     """Read inputs X float32 (n, n_features) for prediction; labels, if present, are ignored.
 
     ``.npz`` needs array "X" ("y" may be absent). A ``.csv`` may hold just the features, or
-    the features followed by a label column (as for ``load_file``).
+    the features followed by a label column (as for ``load_file``);
+    :func:`has_label_column` tells which.
     """
-    p = Path(path)
-    if p.suffix.lower() == ".npz" and p.is_file():
-        try:
-            with np.load(p, allow_pickle=False) as archive:
-                if "X" not in archive.files:
-                    raise ValueError(f"{p}: expected an array 'X', found {sorted(archive.files)}")
-                X = archive["X"]
-        except (zipfile.BadZipFile, EOFError) as err:
-            raise ValueError(f"{p}: not a valid .npz archive ({err})") from err
+    p = _existing(path)
+    if p.suffix.lower() == ".npz":
+        (X,) = _read_npz(p, ("X",))
         y = np.zeros(len(X)) if X.ndim >= 1 else np.zeros(0)
         return _finish(p, X, y)[0]
-    if p.suffix.lower() == ".csv" and p.is_file():
-        features, last = _read_csv(p)
-        table = np.column_stack([features, last])
-        if table.shape[1] == n_features + 1:
-            table = table[:, :-1]  # a label column: drop it
-        elif table.shape[1] != n_features:
-            raise ValueError(
-                f"{p}: rows have {table.shape[1]} columns; the model expects {n_features} "
-                f"features (optionally followed by a label column)"
-            )
-        return table.astype(np.float32)
-    return load_file(p)[0]  # gives the usual error for a missing file or unknown type
+    table, _ = _read_csv(p)
+    if table.shape[1] == n_features + 1:
+        table = table[:, :-1]  # a label column: drop it
+    elif table.shape[1] != n_features:
+        raise ValueError(
+            f"{p}: rows have {table.shape[1]} columns; the model expects {n_features} "
+            f"features (optionally followed by a label column)"
+        )
+    return table.astype(np.float32)
+
+
+def has_label_column(path: str | os.PathLike[str], n_features: int) -> bool:
+    """Whether :func:`load_features` drops a last (label) column of this file."""
+    p = _existing(path)
+    return p.suffix.lower() == ".csv" and _read_csv(p)[0].shape[1] == n_features + 1

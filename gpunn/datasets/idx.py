@@ -1,31 +1,24 @@
-"""MNIST and Fashion-MNIST: download once, check SHA-256, cache, and parse the IDX files.
+"""MNIST and Fashion-MNIST: download once (checked by SHA-256, cached), parse the IDX files.
 
-Files are cached in ``$GPUNN_DATA/<dataset>/`` if GPUNN_DATA is set, else in the user
-cache folder (``$XDG_CACHE_HOME/gpunn`` or ``~/.cache/gpunn``). Setting
-``GPUNN_MNIST_URL`` or ``GPUNN_FASHION_MNIST_URL`` to a base URL replaces the built-in
-mirrors for that data set (for instance a local copy on an offline cluster).
+The download and the cache are :mod:`gpunn.datasets.download`'s. Setting ``GPUNN_MNIST_URL``
+or ``GPUNN_FASHION_MNIST_URL`` to a base URL replaces the built-in mirrors for that data set
+(for instance a local copy on an offline cluster).
 """
 
 from __future__ import annotations
 
 import gzip
-import hashlib
-import http.client
 import os
-import sys
-import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from gpunn.datasets.download import DatasetError, cache_root, fetch
+
+__all__ = ["DatasetError", "cache_root", "fashion_mnist", "mnist"]
+
 Split = tuple[np.ndarray, np.ndarray]
-
-
-class DatasetError(OSError):
-    """A data set file could not be downloaded, verified or parsed."""
 
 
 # Base URLs tried in order; each file is <base>/<file name>. Tests swap these out.
@@ -83,64 +76,61 @@ FILES: dict[str, dict[str, tuple[int, str]]] = {
 
 _TITLES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 _URL_ENV = {"mnist": "GPUNN_MNIST_URL", "fashion_mnist": "GPUNN_FASHION_MNIST_URL"}
-_TIMEOUT_S = 60  # per socket operation, not for the whole download
-_CHUNK = 1 << 16
 _IMAGE_SIDE = 28
+#: one image's shape with ``images=True``: (channels, height, width)
+IMAGE_SHAPE = (1, _IMAGE_SIDE, _IMAGE_SIDE)
 
 
-def mnist(cache_dir: str | os.PathLike[str] | None = None) -> tuple[Split, Split]:
+def mnist(
+    cache_dir: str | os.PathLike[str] | None = None, *, images: bool = False
+) -> tuple[Split, Split]:
     """MNIST digits: ((X_train (60000, 784), y_train (60000,)), (X_test (10000, 784), y_test)).
 
-    X is float32 in [0, 1], y int64 in [0, 10). Downloads ~11 MB on first use.
+    X is float32 in [0, 1] (pixel byte / 255), y int64 in [0, 10). ``images=True`` gives X as
+    (N, 1, 28, 28) images instead (the same numbers: the flat rows are those images read row
+    by row). Downloads ~11 MB on first use.
     """
-    return _load("mnist", cache_dir)
+    return _load("mnist", cache_dir, images)
 
 
-def fashion_mnist(cache_dir: str | os.PathLike[str] | None = None) -> tuple[Split, Split]:
+def fashion_mnist(
+    cache_dir: str | os.PathLike[str] | None = None, *, images: bool = False
+) -> tuple[Split, Split]:
     """Fashion-MNIST: ((X_train (60000, 784), y_train (60000,)), (X_test (10000, 784), y_test)).
 
-    X is float32 in [0, 1], y int64 in [0, 10). Downloads ~30 MB on first use.
+    X is float32 in [0, 1] (pixel byte / 255), y int64 in [0, 10); ``images=True`` gives X as
+    (N, 1, 28, 28). Downloads ~30 MB on first use.
     """
-    return _load("fashion_mnist", cache_dir)
+    return _load("fashion_mnist", cache_dir, images)
 
 
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The folder holding cached data sets: cache_dir, else $GPUNN_DATA, else the user cache."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get("GPUNN_DATA"):
-        return Path(os.environ["GPUNN_DATA"]).expanduser()
-    if os.name == "nt" and os.environ.get("LOCALAPPDATA"):
-        return Path(os.environ["LOCALAPPDATA"]) / "gpunn" / "Cache"
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]) / "gpunn"
-    return Path.home() / ".cache" / "gpunn"
-
-
-def _load(dataset: str, cache_dir: str | os.PathLike[str] | None) -> tuple[Split, Split]:
+def _load(
+    dataset: str, cache_dir: str | os.PathLike[str] | None, images: bool = False
+) -> tuple[Split, Split]:
     """Fetch and parse the four files of ``dataset`` into train and test splits."""
     folder = cache_root(cache_dir) / dataset
     splits = []
     for prefix in ("train", "t10k"):
         images_name = f"{prefix}-images-idx3-ubyte.gz"
         labels_name = f"{prefix}-labels-idx1-ubyte.gz"
-        images = _read_idx(_fetch(dataset, images_name, folder), 3)
+        pixels = _read_idx(_fetch(dataset, images_name, folder), 3)
         labels = _read_idx(_fetch(dataset, labels_name, folder), 1)
-        if images.shape[1:] != (_IMAGE_SIDE, _IMAGE_SIDE):
+        if pixels.shape[1:] != (_IMAGE_SIDE, _IMAGE_SIDE):
             raise DatasetError(
                 f"{folder / images_name}: expected {_IMAGE_SIDE}x{_IMAGE_SIDE} images, "
-                f"found {images.shape[1]}x{images.shape[2]}"
+                f"found {pixels.shape[1]}x{pixels.shape[2]}"
             )
-        if len(images) != len(labels):
+        if len(pixels) != len(labels):
             raise DatasetError(
-                f"{folder}: {images_name} holds {len(images)} images but "
+                f"{folder}: {images_name} holds {len(pixels)} images but "
                 f"{labels_name} holds {len(labels)} labels"
             )
         if labels.size and labels.max() > 9:
             raise DatasetError(
                 f"{folder / labels_name}: labels must be 0..9, found {int(labels.max())}"
             )
-        X = images.reshape(len(images), -1).astype(np.float32) / np.float32(255.0)
+        shape = IMAGE_SHAPE if images else (_IMAGE_SIDE * _IMAGE_SIDE,)
+        X = pixels.reshape(len(pixels), *shape).astype(np.float32) / np.float32(255.0)
         splits.append((X, labels.astype(np.int64)))
     return splits[0], splits[1]
 
@@ -148,37 +138,8 @@ def _load(dataset: str, cache_dir: str | os.PathLike[str] | None) -> tuple[Split
 def _fetch(dataset: str, name: str, folder: Path) -> Path:
     """Path to a verified local copy of ``name``, downloading it if needed."""
     size, sha256 = FILES[dataset][name]
-    target = folder / name
-    note = ""
-    if target.is_file():
-        if _digest(target) == sha256:
-            return target
-        # Keep the bad copy until a verified one replaces it, in case the user put it there.
-        note = f"\nThe copy already at {target} has the wrong SHA-256 and was not used."
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise DatasetError(
-            f"cannot create the data folder {folder} ({err}); set GPUNN_DATA to a writable folder"
-        ) from err
-
-    failures = []
-    for url in _urls(dataset, name):
-        print(f"gpunn: downloading {url}", file=sys.stderr)
-        try:
-            _download(url, target, size, sha256)
-            return target
-        except (urllib.error.URLError, http.client.HTTPException, OSError, _BadDownload) as err:
-            failures.append(f"  - {url}: {_why(err)}")
-    raise DatasetError(
-        f"could not download {_TITLES[dataset]} file {name!r}:\n"
-        + "\n".join(failures)
-        + note
-        + f"\nTo fix it, download {_urls(dataset, name)[0]} yourself (or the same file from a "
-        f"mirror listed above; {size} bytes, SHA-256 {sha256}) and put it in the folder "
-        f"{folder}{os.sep} -- or set GPUNN_DATA to a folder whose {dataset}{os.sep} "
-        "subfolder holds it."
-    )
+    urls = _urls(dataset, name)
+    return fetch(name, folder, size, sha256, urls, _TITLES[dataset], _URL_ENV[dataset])
 
 
 def _urls(dataset: str, name: str) -> list[str]:
@@ -186,54 +147,6 @@ def _urls(dataset: str, name: str) -> list[str]:
     override = os.environ.get(_URL_ENV[dataset])
     bases = (override,) if override else MIRRORS[dataset]
     return [base.rstrip("/") + "/" + name for base in bases]
-
-
-class _BadDownload(Exception):
-    """The server answered, but not with the expected bytes."""
-
-
-def _download(url: str, target: Path, size: int, sha256: str) -> None:
-    """Stream ``url`` into a temp file beside ``target``; move it there only once verified."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        digest = hashlib.sha256()
-        received = 0
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=_TIMEOUT_S) as resp:
-            while chunk := resp.read(_CHUNK):
-                received += len(chunk)
-                if received > size:
-                    raise _BadDownload(f"server sent more than the expected {size} bytes")
-                digest.update(chunk)
-                out.write(chunk)
-        if received != size:
-            raise _BadDownload(f"got {received} of {size} bytes (download cut short?)")
-        if digest.hexdigest() != sha256:
-            raise _BadDownload(f"SHA-256 mismatch: got {digest.hexdigest()}, expected {sha256}")
-        os.replace(tmp, target)
-    finally:
-        # After a successful os.replace the temp name is gone; otherwise never leave a part file.
-        tmp.unlink(missing_ok=True)
-
-
-def _why(err: BaseException) -> str:
-    """A one-line reason for a failed download attempt."""
-    if isinstance(err, urllib.error.HTTPError):
-        return f"HTTP {err.code} {err.reason}"
-    if isinstance(err, urllib.error.URLError):
-        return f"cannot connect ({err.reason}) -- offline, or the mirror is down?"
-    if isinstance(err, TimeoutError):
-        return f"timed out after {_TIMEOUT_S} s without data -- offline or a very slow network?"
-    return str(err) or type(err).__name__
-
-
-def _digest(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:

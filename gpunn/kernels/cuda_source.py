@@ -1,11 +1,12 @@
 """CUDA C text of the fused kernels: the .cu files shipped in this package, and the elementwise
-kernels rendered as standalone CUDA (for ``nvcc``) or host C++ (to run their math on the CPU).
+kernels rendered as standalone CUDA or host C++ (to run their math on the CPU in the tests).
 
 The RawKernel bodies live in ``gpunn/kernels/*.cu`` and are read with ``importlib.resources``, so
-CuPy runs exactly the file that the tests compile with ``nvcc``. The ``ElementwiseKernel``
-operations are kept as data (:class:`~gpunn.kernels.spec.Elementwise`); :func:`render_cuda` wraps
-one in a complete ``__global__`` function so ``nvcc`` can compile the same operation text, and
-:func:`render_host` wraps it in a plain C++ loop so a test can run it on the CPU.
+CuPy runs exactly the file that the tests compile (with NVRTC, as CuPy does) and run on the CPU
+(under a CUDA shim). The ``ElementwiseKernel`` operations are kept as data
+(:class:`~gpunn.kernels.spec.Elementwise`); :func:`render_cuda` wraps one in a complete
+``__global__`` function (one thread per element) so the CUDA shim can run the same operation
+text, and :func:`render_host` wraps it in a plain C++ loop.
 """
 
 from __future__ import annotations
@@ -79,7 +80,8 @@ def kernel_symbol(src: Elementwise, dtype: str) -> str:
 def render_cuda(src: Elementwise, dtype: str) -> str:
     """``src`` as a complete CUDA kernel: one thread per element, every argument an array.
 
-    CuPy's own wrapper also allows scalars and broadcasting; the per-element code is the same.
+    CuPy's own wrapper also allows scalars and broadcasting (and indexes strided arrays); the
+    per-element code is the same.
     """
     return (
         f'extern "C" __global__ void {kernel_symbol(src, dtype)}({_signature(src, dtype)}) {{\n'

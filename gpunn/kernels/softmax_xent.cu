@@ -1,7 +1,7 @@
 // Softmax cross-entropy, forward and backward in one kernel: one thread block per row.
 //
-// Repeats gpunn.losses.softmax_cross_entropy_forward followed by
-// gpunn.losses.softmax_cross_entropy_backward (the Python reference is
+// Repeats gpunn.math.losses.softmax_cross_entropy_forward followed by
+// gpunn.math.losses.softmax_cross_entropy_backward (the Python reference is
 // gpunn.kernels.softmax_xent.softmax_cross_entropy_reference).
 //
 // For logits z (N, C), integer labels y (N,) and n = max(N, 1), row r:
@@ -12,9 +12,13 @@
 // The caller sums loss_r over the rows to get the batch loss (a second, tiny launch).
 //
 // The block makes three passes over its row (max, sum, write); the row stays in L1/L2 between
-// them. A label outside [0, C) gives loss_r = NaN, so the mistake shows in the loss.
-// dz may be the same array as z: every read of z precedes the block barrier inside the sum
-// reduction, and every write of dz follows it.
+// them. A label outside [0, C) gives loss_r = NaN, so the mistake shows in the loss, and that
+// row's dz has no one-hot term: dz_rc = softmax(z_r)_c / n (the reference does the same).
+// dz may be the same array as z. Thread t owns the classes c = t, t + blockDim.x, ...: it reads
+// a class it does not own only in pass 1 (z_0) and for the label's logit, both before the
+// barriers of the sum reduction, which every write of dz follows; pass 3 reads z_c again after
+// them, but each thread reads and then writes only its own classes, so no thread reads a class
+// that another has already overwritten.
 //
 // blockDim.x must be a multiple of 32 (whole warps: the shuffles use a full mask).
 

@@ -46,7 +46,7 @@ def _build(xp: Any) -> Any:
             return softmax_cross_entropy_reference(z, y, xp=xp)
         if z.dtype.name not in ("float32", "float64"):
             raise TypeError(f"softmax cross-entropy kernel needs float32/64 logits, not {z.dtype}")
-        kernel = cached(xp, CU_FILE, module).get_function(f"gpunn_softmax_xent_{z.dtype.name}")
+        kernel = _function(xp, z.dtype.name, module)
         z = xp.ascontiguousarray(z)  # (N, C) row-major: the kernel indexes r * C + c
         y = xp.ascontiguousarray(y, dtype=xp.int64)  # (N,)
         dz = xp.empty_like(z)  # (N, C)
@@ -57,6 +57,17 @@ def _build(xp: Any) -> Any:
         return row_loss.sum(), dz
 
     return softmax_cross_entropy_fused
+
+
+def _function(xp: Any, dtype: str, module: Any) -> Any:
+    """The RawKernel for ``dtype`` from the cached RawModule, looked up once per dtype.
+
+    ``RawModule.get_function`` builds a new RawKernel (and hashes the whole source to find the
+    module) at every call; one RawKernel serves every device, as it loads the module for the
+    current device on its first launch there and keeps one function per device.
+    """
+    name = f"gpunn_softmax_xent_{dtype}"
+    return cached(xp, f"{CU_FILE}:{name}", lambda: cached(xp, CU_FILE, module).get_function(name))
 
 
 def _probe(impl: Any, xp: Any) -> list[Any]:

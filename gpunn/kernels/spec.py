@@ -3,8 +3,9 @@
 A :class:`KernelSpec` ties one fused GPU kernel to the plain Python composition of core functions
 whose math it repeats (the *reference*, used as the fallback and by the tests). An
 :class:`Elementwise` holds the source of one CuPy ``ElementwiseKernel`` as plain data, so the very
-same operation text is compiled by CuPy at run time and by ``nvcc`` in the tests; kernels are built
-once per array module and cached here (never inside the training loop).
+same operation text is compiled by CuPy at run time and, in the tests, compiled as CuPy would and
+run on the CPU; kernels are built once per array module and cached here (never inside the
+training loop).
 
 gpunn.kernels sits one floor above the pure math (``gpunn.math``): it imports the functions it
 repeats and ``gpunn.backend``, and nothing below it imports the kernels.
@@ -47,16 +48,18 @@ class Elementwise:
     operation: str
 
 
-_BUILT: dict[tuple[str, str], Any] = {}
+#: (array module, name) -> built kernel object. Keyed by the module object, not its name, so that
+#: a stand-in module called "cupy" (gpunn.testing.fake_cupy) never shares kernels with CuPy.
+_BUILT: dict[tuple[Any, str], Any] = {}
 
 
 def elementwise(xp: Any, src: Elementwise) -> Any:
     """The ``xp.ElementwiseKernel`` for ``src``, constructed on first use and cached per module.
 
-    Constructing it is cheap; CuPy compiles (NVRTC) on the first call per dtype and caches the
-    binary, in memory and on disk.
+    Constructing it is cheap; CuPy compiles (NVRTC) on the first call per dtype and device and
+    caches the binary, in memory and on disk. One object serves every device.
     """
-    key = (xp.__name__, src.name)
+    key = (xp, src.name)
     kernel = _BUILT.get(key)
     if kernel is None:
         kernel = xp.ElementwiseKernel(src.in_params, src.out_params, src.operation, src.name)
@@ -66,7 +69,7 @@ def elementwise(xp: Any, src: Elementwise) -> Any:
 
 def cached(xp: Any, key: str, build: Callable[[], Any]) -> Any:
     """``build()`` once per (array module, key); for RawModules and other compiled objects."""
-    full = (xp.__name__, key)
+    full = (xp, key)
     obj = _BUILT.get(full)
     if obj is None:
         obj = build()

@@ -1,4 +1,5 @@
-"""Elementwise activations: each forward function sits directly above its backward.
+"""Activations (elementwise, and the row-wise softmax): each forward sits directly above its
+backward.
 
 Plain math on arrays and ``xp`` (NumPy or CuPy): ``*_forward(z)`` returns the activation
 ``a``, ``*_backward(da, ...)`` returns ``dz = da * a'(z)``. Every function takes an optional
@@ -86,6 +87,35 @@ def tanh_backward(da: Array, a: Array, *, xp: Any, out: Array | None = None) -> 
     out = xp.multiply(a, a, out=out)
     xp.subtract(1, out, out=out)
     out *= da
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Softmax (over the last axis: one probability distribution per row)
+# ------------------------------------------------------------------------------------------
+
+
+def softmax_forward(z: Array, *, xp: Any, out: Array | None = None) -> Array:
+    """a = exp(z) / sum(exp(z)) along the last axis, z (N, C) -> a (N, C), rows summing to 1.
+
+    softmax(z) = softmax(z - c) for any c per row; with c = max(z) every exponent is <= 0, so
+    exp cannot overflow, and the row's largest term is exp(0) = 1, so the sum is >= 1.
+    """
+    out = xp.subtract(z, z.max(axis=-1, keepdims=True), out=out)
+    xp.exp(out, out=out)
+    out /= out.sum(axis=-1, keepdims=True)
+    return out
+
+
+def softmax_backward(da: Array, a: Array, *, xp: Any, out: Array | None = None) -> Array:
+    """dz = a * (da - sum(da * a)) along the last axis, from the forward's output a.
+
+    da_i/dz_j = a_i (1[i = j] - a_j), so dz_j = sum_i da_i a_i (1[i = j] - a_j)
+    = a_j (da_j - sum_i da_i a_i).
+    """
+    inner = (da * a).sum(axis=-1, keepdims=True)  # (N, 1)
+    out = xp.subtract(da, inner, out=out)
+    out *= a
     return out
 
 

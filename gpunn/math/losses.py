@@ -22,15 +22,22 @@ Array = Any  # a numpy.ndarray or a cupy.ndarray
 def softmax_cross_entropy_forward(z: Array, y: Array, *, xp: Any) -> tuple[Array, Array]:
     """Mean of logsumexp(z_n) - z_n[y_n] over the batch; z (N, C), y (N,) ints -> (loss, p).
 
-    Also returns p = softmax(z) (N, C), which is all the backward needs.
+    Also returns p = softmax(z) (N, C), which is all the backward needs. A label outside
+    [0, C) makes its sample's term NaN, and so the loss: the mistake shows in the loss (as in
+    the fused kernel), never as the score of another class.
     """
-    n = z.shape[0]
+    n, c = z.shape
     # Class-major copy s (C, N): each reduction over a sample's C classes then runs along
     # contiguous rows of length N, which NumPy vectorises; over the short last axis of (N, C)
     # it loops sample by sample (6x slower for C = 10). The copy costs one pass over z.
     s = z.T.copy()  # a copy even when N = 1 (z.T is then contiguous): z must stay intact
     s -= s.max(axis=0)  # max 0 per sample: exp cannot overflow
-    target = s[y, xp.arange(n)]  # (N,) shifted logit of the true class
+    # Indexing with a bad label would wrap (-1 is class C - 1) or raise on one backend and not
+    # on the other: a bad label reads class 0, and its term is then made NaN. Elementwise
+    # selects, not a host-side check, so nothing waits for the device.
+    valid = (y >= 0) & (y < c)  # (N,)
+    target = s[xp.where(valid, y, 0), xp.arange(n)]  # (N,) shifted logit of the true class
+    target = xp.where(valid, target, xp.nan)
     xp.exp(s, out=s)
     sum_e = s.sum(axis=0)  # (N,), >= 1
     s /= sum_e  # s becomes softmax(z), class-major
@@ -41,9 +48,14 @@ def softmax_cross_entropy_forward(z: Array, y: Array, *, xp: Any) -> tuple[Array
 
 
 def softmax_cross_entropy_backward(p: Array, y: Array, *, xp: Any) -> Array:
-    """dz = (softmax(z) - onehot(y)) / N, shape (N, C). Overwrites p."""
-    n = p.shape[0]
-    p[xp.arange(n), y] -= 1
+    """dz = (softmax(z) - onehot(y)) / N, shape (N, C). Overwrites p.
+
+    A label outside [0, C) has no one-hot: its row is softmax(z) / N (finite; the forward's
+    NaN loss is what reports it), and no other class is touched.
+    """
+    n, c = p.shape
+    valid = (y >= 0) & (y < c)  # (N,)
+    p[xp.arange(n), xp.where(valid, y, 0)] -= valid  # 1 at a valid label, 0 for a bad one
     p /= max(n, 1)
     return p
 

@@ -8,11 +8,15 @@ Nothing here knows how a model is trained or saved.
 """
 
 from gpunn.nn.activations import Activation, LeakyReLU, ReLU, Sigmoid, Tanh
+from gpunn.nn.batchnorm import BatchNorm1D, BatchNorm2D
+from gpunn.nn.conv import Conv2D
 from gpunn.nn.dense import Dense
 from gpunn.nn.dropout import Dropout
+from gpunn.nn.flatten import Flatten
 from gpunn.nn.layer import Array, Layer
 from gpunn.nn.losses import LOSSES, BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
 from gpunn.nn.optim import OPTIMIZERS, SGD, Adam, AdamW, Optimizer
+from gpunn.nn.pool import AvgPool2D, MaxPool2D
 
 __all__ = [
     "LOSSES",
@@ -22,12 +26,18 @@ __all__ = [
     "Adam",
     "AdamW",
     "Array",
+    "AvgPool2D",
+    "BatchNorm1D",
+    "BatchNorm2D",
     "BinaryCrossEntropy",
+    "Conv2D",
     "Dense",
     "Dropout",
+    "Flatten",
     "Layer",
     "LeakyReLU",
     "Loss",
+    "MaxPool2D",
     "MeanSquaredError",
     "Optimizer",
     "ReLU",

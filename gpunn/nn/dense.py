@@ -19,6 +19,8 @@ class Dense(Layer):
     """
 
     kind = "Dense"
+    input_rank = 1
+    keeps_shape = False
     # z and dx are this layer's workspaces and it never reads them again (backward uses x)
     returns_scratch_output = True
     returns_scratch_grad = True
@@ -59,8 +61,22 @@ class Dense(Layer):
     def output_width(self, in_width: int) -> int:
         return self.out_features
 
+    def output_shape(self, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+        (width,) = in_shape  # a vector per sample (Sequential checks the number of axes)
+        if width != self.in_features:
+            raise ValueError(f"expects {self.in_features} inputs but gets {width}")
+        return (self.out_features,)
+
+    def describe(self) -> str:
+        # the widths show in the summary's shapes; only an explicit init is worth a word
+        return f"Dense(init={self.init})" if self.init else "Dense"
+
     def connect(self, prev: Layer | None, nxt: Layer | None) -> None:
         self.defer_bias = False  # until an activation after this layer takes the bias over
+
+    def deferred_bias(self) -> Array:
+        """b (out,), for the activation that adds it (broadcasts over z (N, out))."""
+        return self.params["b"]
 
     def forward(self, x: Array, *, training: bool = True) -> Array:
         self.x = x  # (N, in), kept for dW

@@ -1,7 +1,8 @@
 """Loss objects: they check the targets and keep what the backward needs between the two calls.
 
 The math is in ``gpunn.math.losses``; softmax and binary cross-entropy go through
-``gpunn.kernels``, which gives the loss and its gradient in one fused pass on CuPy.
+``gpunn.kernels``, which gives the loss and its gradient in one fused pass on CuPy. Each loss
+computes on the device that holds the logits (``device_of``), whichever device is current.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from gpunn import kernels
-from gpunn.backend import namespace
+from gpunn.backend import device_of, namespace
 from gpunn.math.losses import mean_squared_error_backward, mean_squared_error_forward
 from gpunn.nn.layer import Array
 
@@ -48,17 +49,19 @@ class SoftmaxCrossEntropy(Loss):
         xp = namespace(logits)
         if logits.ndim != 2:
             raise ValueError(f"SoftmaxCrossEntropy expects logits (N, C), got shape {logits.shape}")
-        y = _labels_like(y, logits.shape[0], "SoftmaxCrossEntropy", xp)
-        self.y = y.astype(xp.int64, copy=False)
-        # loss and dlogits together: one fused pass on CuPy, else the two functions above
-        loss, self.dz = kernels.get("softmax_cross_entropy", xp)(logits, self.y, xp=xp)
+        with device_of(logits):
+            y = _labels_like(y, logits.shape[0], "SoftmaxCrossEntropy", xp)
+            self.y = y.astype(xp.int64, copy=False)
+            # loss and dlogits together: one fused pass on CuPy, else the two functions above
+            loss, self.dz = kernels.get("softmax_cross_entropy", xp)(logits, self.y, xp=xp)
         return loss
 
     def backward(self) -> Array:
         return self.dz
 
     def correct(self, logits: Array, y: Array) -> Array:
-        return (logits.argmax(axis=1) == y).sum()
+        with device_of(logits):
+            return (logits.argmax(axis=1) == y).sum()
 
 
 class BinaryCrossEntropy(Loss):
@@ -73,10 +76,11 @@ class BinaryCrossEntropy(Loss):
             raise ValueError(
                 f"BinaryCrossEntropy expects logits of shape (N,) or (N, 1), got {logits.shape}"
             )
-        y = _labels_like(y, logits.shape[0], "BinaryCrossEntropy", xp)
-        self.z = logits
-        self.y = y.reshape(logits.shape).astype(logits.dtype, copy=False)
-        loss, self.dz = kernels.get("binary_cross_entropy", xp)(self.z, self.y, xp=xp)
+        with device_of(logits):
+            y = _labels_like(y, logits.shape[0], "BinaryCrossEntropy", xp)
+            self.z = logits
+            self.y = y.reshape(logits.shape).astype(logits.dtype, copy=False)
+            loss, self.dz = kernels.get("binary_cross_entropy", xp)(self.z, self.y, xp=xp)
         return loss
 
     def backward(self) -> Array:
@@ -84,7 +88,8 @@ class BinaryCrossEntropy(Loss):
 
     def correct(self, logits: Array, y: Array) -> Array:
         # sigmoid(z) > 0.5 exactly when z > 0
-        return ((logits.reshape(-1) > 0) == (y.reshape(-1) > 0.5)).sum()
+        with device_of(logits):
+            return ((logits.reshape(-1) > 0) == (y.reshape(-1) > 0.5)).sum()
 
 
 class MeanSquaredError(Loss):
@@ -94,16 +99,18 @@ class MeanSquaredError(Loss):
 
     def forward(self, logits: Array, y: Array) -> Array:
         xp = namespace(logits)
-        y = xp.asarray(y).astype(logits.dtype, copy=False)
-        if y.size != logits.size or y.shape[:1] != logits.shape[:1]:
-            raise ValueError(
-                f"MeanSquaredError expects targets of shape {logits.shape}, got {y.shape}"
-            )
-        loss, self.r = mean_squared_error_forward(logits, y.reshape(logits.shape), xp=xp)
+        with device_of(logits):
+            y = xp.asarray(y).astype(logits.dtype, copy=False)
+            if y.size != logits.size or y.shape[:1] != logits.shape[:1]:
+                raise ValueError(
+                    f"MeanSquaredError expects targets of shape {logits.shape}, got {y.shape}"
+                )
+            loss, self.r = mean_squared_error_forward(logits, y.reshape(logits.shape), xp=xp)
         return loss
 
     def backward(self) -> Array:
-        return mean_squared_error_backward(self.r, xp=namespace(self.r))
+        with device_of(self.r):
+            return mean_squared_error_backward(self.r, xp=namespace(self.r))
 
 
 def _labels_like(y: Array, n: int, who: str, xp: Any) -> Array:

@@ -32,22 +32,23 @@ class Optimizer:
         raise NotImplementedError
 
     def step(self, model: Any) -> None:
-        """Apply one update to every parameter of ``model``."""
+        """Apply one update to every parameter of ``model``, on the model's device."""
         p, g = model.flat_params, model.flat_grads
         xp = namespace(p)
-        for name in self.state_names:
-            have = self.state.get(name)
-            if have is None:
-                self.state[name] = xp.zeros_like(p)
-            elif have.shape != p.shape:
-                raise ValueError(
-                    f"{self.kind} state was made for {have.shape[0]} parameters, "
-                    f"this model has {p.shape[0]}: use one optimizer per model"
-                )
-            elif namespace(have) is not xp:
-                self.state[name] = xp.asarray(have)  # loaded on the host, moved on first use
-        self.step_count += 1
-        self._update(p, g, xp)
+        with model.backend.activate():  # the state is made, and the update runs, beside p
+            for name in self.state_names:
+                have = self.state.get(name)
+                if have is None:
+                    self.state[name] = xp.zeros_like(p)
+                elif have.shape != p.shape:
+                    raise ValueError(
+                        f"{self.kind} state was made for {have.shape[0]} parameters, "
+                        f"this model has {p.shape[0]}: use one optimizer per model"
+                    )
+                elif namespace(have) is not xp:
+                    self.state[name] = xp.asarray(have)  # loaded on the host, moved on first use
+            self.step_count += 1
+            self._update(p, g, xp)
 
     def _update(self, p: Array, g: Array, xp: Any) -> None:
         raise NotImplementedError

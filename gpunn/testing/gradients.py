@@ -61,17 +61,26 @@ def numerical_gradient(f: Callable[[], float], x: Array, eps: float) -> Any:
 
 
 def check_model_gradients(
-    model: Sequential, loss: Loss, x: Any, y: Any, *, eps: float = 1e-5
+    model: Sequential,
+    loss: Loss,
+    x: Any,
+    y: Any,
+    *,
+    eps: float = 1e-5,
+    training: bool = False,
 ) -> dict[str, float]:
     """Worst relative error of every parameter's gradient and of dL/dx ("input").
 
     The model should be float64 (single precision cannot resolve the difference quotient).
+    ``training=True`` runs the forward passes in training mode (BatchNorm then normalises with
+    the batch's own statistics, and its gradient goes through them); it must leave the output
+    a deterministic function of the input (no Dropout).
     """
     x = model.backend.asarray(x, dtype=model.dtype).copy()
     y = model.backend.asarray(y)
 
     def f() -> float:
-        return float(loss.forward(model.forward(x, training=False), y))
+        return float(loss.forward(model.forward(x, training=training), y))
 
     f()
     dx = model.backward(loss.backward(), input_grad=True)
@@ -104,12 +113,16 @@ def check_layer_gradients(
     backend: str | Backend = "numpy",
     seed: int = 0,
     eps: float = 1e-5,
+    training: bool = False,
 ) -> dict[str, float]:
-    """Gradient-check one layer on input x (N, in) in float64; returns errors as above."""
+    """Gradient-check one layer on input x (N, ...) in float64; returns errors as above.
+
+    ``training`` as for :func:`check_model_gradients`.
+    """
     model = Sequential([layer], backend=backend, dtype="float64", seed=seed)
-    out = model.forward(model.backend.asarray(x, dtype="float64"), training=False)
+    out = model.forward(model.backend.asarray(x, dtype="float64"), training=training)
     R = model.backend.asarray(model.backend.host_rng(seed + 1).standard_normal(out.shape))
-    return check_model_gradients(model, _Projection(R), x, R, eps=eps)
+    return check_model_gradients(model, _Projection(R), x, R, eps=eps, training=training)
 
 
 def check_loss_gradients(loss: Loss, logits: Any, y: Any, *, eps: float = 1e-5) -> float:

@@ -1,6 +1,7 @@
 """Training a Sequential: the fit/evaluate/predict loop and what runs around it.
 
-* ``loop``         ``fit``, ``evaluate``, ``predict`` over data kept on the device; ``History``
+* ``loop``         ``fit``, ``evaluate``, ``predict``, ``predict_proba`` over data kept on the
+                   device; ``History``
 * ``callbacks``    early stopping, checkpoints, learning-rate schedules
 * ``progress``     the progress bar / lines printed by ``fit``
 * ``validation``   input checks before any weight changes
@@ -19,7 +20,7 @@ from gpunn.training.callbacks import (
     ModelCheckpoint,
     StepLR,
 )
-from gpunn.training.loop import DeviceData, History, evaluate, fit, predict
+from gpunn.training.loop import DeviceData, History, evaluate, fit, predict, predict_proba
 
 __all__ = [
     "Callback",
@@ -33,4 +34,5 @@ __all__ = [
     "evaluate",
     "fit",
     "predict",
+    "predict_proba",
 ]

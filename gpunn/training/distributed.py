@@ -19,8 +19,12 @@ arrays and return the buffer. Implementations:
   unique id broadcast over MPI; host buffers still go through MPI.
 
 :func:`get_communicator` picks NCCL when every rank has its own GPU and NCCL loads everywhere,
-else MPI (``GPUNN_COMM=mpi|nccl`` forces one). Run a job with ``python -m mpi4py`` so that an
-exception on one rank aborts the whole job instead of leaving the others waiting forever::
+else MPI (``GPUNN_COMM=mpi|nccl`` forces one). It also divides the machine's cores among the
+ranks that share them (:func:`divide_cores`): each rank's BLAS and OpenMP pools get
+``cores // ranks`` threads (``GPUNN_THREADS_PER_RANK=N`` sets N instead), because ranks that
+each start one thread per core oversubscribe the machine many times over. Run a job with
+``python -m mpi4py`` so that an exception on one rank aborts the whole job instead of leaving
+the others waiting forever::
 
     mpiexec -n 4 python -m mpi4py -m gpunn train --distributed --batch-size 256 ...
 
@@ -40,7 +44,15 @@ from typing import Any
 
 import numpy
 
-from gpunn.backend import Backend, _import_cupy, _parse_spec, _probe_cupy, get_backend, namespace
+from gpunn.backend import (
+    Backend,
+    _import_cupy,
+    _parse_spec,
+    _probe_cupy,
+    device_of,
+    get_backend,
+    namespace,
+)
 from gpunn.training.callbacks import Callback, ModelCheckpoint
 
 __all__ = [
@@ -49,19 +61,24 @@ __all__ = [
     "Communicator",
     "DataParallel",
     "DriftError",
+    "THREADS_ENV",
     "MPICommunicator",
     "NCCLCommunicator",
     "SingleProcess",
     "choose_kind",
     "device_spec_for_rank",
+    "divide_cores",
     "get_communicator",
+    "limit_threads",
     "local_rank",
     "rank_backend",
     "shard_bounds",
+    "sharing_ranks",
 ]
 
 COMM_ENV = "GPUNN_COMM"  # auto (default), mpi or nccl
 CUDA_AWARE_ENV = "GPUNN_CUDA_AWARE_MPI"  # 1: hand CuPy buffers to MPI directly
+THREADS_ENV = "GPUNN_THREADS_PER_RANK"  # N: BLAS/OpenMP threads per rank; unset or auto: divide
 KINDS = ("auto", "mpi", "nccl")
 INSTALL_HINT = "pip install 'gpunn[mpi]' (mpi4py and MPICH), or mpi4py built on your cluster's MPI"
 
@@ -95,6 +112,7 @@ class Communicator:
         self.size = 1
         self.local_rank = 0  # rank among the processes on this machine
         self.reason = ""  # why this kind of communicator was chosen
+        self.threads: int | None = None  # BLAS threads per rank set by get_communicator
 
     def allreduce_sum(self, buffer: Any) -> Any:
         """Replace ``buffer`` on every rank by the element-wise sum over all ranks."""
@@ -175,15 +193,22 @@ class MPICommunicator(Communicator):
             run(buffer)
             return buffer
         xp = self.xp if self.xp is not None else namespace(buffer)
-        # MPI knows nothing of CUDA streams: let the kernels that write the buffer finish first.
-        xp.cuda.get_current_stream().synchronize()
-        if self.cuda_aware:
-            run(buffer)  # mpi4py passes the device pointer (__cuda_array_interface__) to MPI
-            return buffer
-        host = self._host_buffer(buffer, xp)
-        buffer.get(out=host)
-        run(host)
-        buffer.set(host)  # from page-locked memory this copy is complete when it returns
+        with device_of(buffer):  # the stream and the copies of the buffer's own GPU
+            # MPI knows nothing of CUDA streams: let the kernels that write the buffer finish.
+            # This also completes the previous collective's upload from the staging buffer
+            # (below), before get() overwrites that buffer.
+            xp.cuda.get_current_stream().synchronize()
+            if self.cuda_aware:
+                run(buffer)  # mpi4py passes the device pointer (__cuda_array_interface__) to MPI
+                return buffer
+            host = self._host_buffer(buffer, xp)
+            buffer.get(out=host)  # waits for the copy: host holds the values when it returns
+            run(host)
+            # From page-locked memory this upload is asynchronous: it is queued on the stream,
+            # so later kernels see the reduced values, but it may still be reading `host` when
+            # set() returns. Nothing writes `host` before the synchronize() at the top of the
+            # next collective, which is what makes reusing the staging buffer safe.
+            buffer.set(host)
         return buffer
 
     def _host_buffer(self, buffer: Any, xp: Any) -> numpy.ndarray:
@@ -212,7 +237,7 @@ class NCCLCommunicator(Communicator):
         super().__init__()
         self.mpi = MPICommunicator(mpi_comm, xp=backend.xp)
         self.rank, self.size, self.local_rank = self.mpi.rank, self.mpi.size, self.mpi.local_rank
-        self.xp, self.device = backend.xp, backend.device
+        self.backend, self.xp, self.device = backend, backend.xp, backend.device
         self.nccl = nccl if nccl is not None else _nccl_module(backend.xp)
         if not getattr(self.nccl, "available", True):
             raise RuntimeError("NCCL is not available: its library failed to load")
@@ -224,7 +249,7 @@ class NCCLCommunicator(Communicator):
         }
         uid = self.nccl.get_unique_id() if self.rank == 0 else None
         uid = self.mpi.comm.bcast(uid, root=0)  # NCCL's rendezvous address travels over MPI
-        with self.xp.cuda.Device(self.device):
+        with backend.activate():  # the communicator belongs to the current device
             self.comm = self.nccl.NcclCommunicator(self.size, uid, self.rank)
 
     def allreduce_sum(self, buffer: Any) -> Any:
@@ -237,18 +262,21 @@ class NCCLCommunicator(Communicator):
         if isinstance(buffer, numpy.ndarray):
             return host_fallback(buffer)
         ptr, count, dtype = self._describe(buffer)
-        self.comm.allReduce(ptr, ptr, count, dtype, op, self._stream())
+        with self.backend.activate():  # queued on this GPU's current stream
+            self.comm.allReduce(ptr, ptr, count, dtype, op, self._stream())
         return buffer
 
     def bcast(self, buffer: Any, root: int = 0) -> Any:
         if isinstance(buffer, numpy.ndarray):
             return self.mpi.bcast(buffer, root)
         ptr, count, dtype = self._describe(buffer)
-        self.comm.bcast(ptr, count, dtype, root, self._stream())
+        with self.backend.activate():
+            self.comm.bcast(ptr, count, dtype, root, self._stream())
         return buffer
 
     def barrier(self) -> None:
-        self.xp.cuda.get_current_stream().synchronize()  # queued NCCL work is part of "done"
+        with self.backend.activate():  # queued NCCL work is part of "done"
+            self.xp.cuda.get_current_stream().synchronize()
         self.mpi.barrier()
 
     def _describe(self, buffer: Any) -> tuple[int, int, int]:
@@ -257,6 +285,11 @@ class NCCLCommunicator(Communicator):
         name = numpy.dtype(buffer.dtype).name
         if name not in self.dtypes:
             raise ValueError(f"NCCL collectives take {sorted(self.dtypes)} buffers, not {name}")
+        where = getattr(buffer.data, "device_id", self.device)
+        if where != self.device:  # NCCL would read another GPU's memory as if it were its own
+            raise ValueError(
+                f"this NCCL communicator serves GPU {self.device}; the buffer is on GPU {where}"
+            )
         return buffer.data.ptr, buffer.size, self.dtypes[name]
 
     def _stream(self) -> int:
@@ -318,14 +351,21 @@ def get_communicator(
     *,
     cuda_aware: bool | None = None,
     mpi_comm: Any = None,
+    threads_per_rank: int | str | None = None,
 ) -> Communicator:
     """The communicator for this rank of the job started by ``mpiexec`` (collective: every rank
     must call it). ``backend`` is this rank's backend (see :func:`rank_backend`); ``kind`` is
     ``"auto"`` (default, or ``$GPUNN_COMM``), ``"mpi"`` or ``"nccl"``.
 
+    In a job of more than one rank it also limits this rank's BLAS/OpenMP threads
+    (:func:`limit_threads`): ``threads_per_rank`` (default ``$GPUNN_THREADS_PER_RANK``, else
+    ``"auto"``) is a positive integer or ``"auto"``, the machine's cores divided among the
+    ranks that share them; the count set is ``communicator.threads``.
+
     Needs mpi4py (RuntimeError with the install command otherwise). A job of one process gets
     :class:`SingleProcess` under ``"auto"``.
     """
+    _parse_threads(threads_per_rank)  # a bad value is refused before any collective
     kind = kind or os.environ.get(COMM_ENV, "").strip().lower() or "auto"
     if kind not in KINDS:
         raise ValueError(f"communicator kind must be one of {KINDS}, got {kind!r}")
@@ -342,6 +382,8 @@ def get_communicator(
         xp = backend.xp if backend is not None and backend.is_gpu else None
         result = MPICommunicator(comm, xp=xp, cuda_aware=cuda_aware)
     result.reason = why
+    if comm.Get_size() > 1:
+        result.threads = limit_threads(comm, threads_per_rank)
     if result.size > 1 and result.rank == 0 and "mpi4py.run" not in sys.modules:
         warnings.warn(
             "gpunn: this MPI job was not started with 'python -m mpi4py': an exception on one "
@@ -386,6 +428,88 @@ def local_rank(mpi_comm: Any = None) -> int:
         node.Free()
 
 
+# --------------------------------------------------------------------------------------------
+# Threads: the ranks on one machine share its cores
+# --------------------------------------------------------------------------------------------
+
+
+def divide_cores(cpus: int, sharing: int, current: int | None = None) -> int:
+    """BLAS threads for a rank that may run on ``cpus`` cores shared with ``sharing`` ranks
+    (itself included): ``cpus // sharing``, at least 1, and never more than ``current`` (a
+    smaller limit the user set, e.g. with ``OPENBLAS_NUM_THREADS``, stands).
+
+    One thread per core and rank: BLAS libraries keep idle threads spinning, so two ranks of
+    N threads on N cores slow each other down by far more than 2x.
+    """
+    threads = max(1, cpus // max(1, sharing))
+    return min(threads, current) if current else threads
+
+
+def sharing_ranks(mine: set[int], node: Sequence[set[int]]) -> int:
+    """How many of the machine's ranks (CPU sets ``node``, this rank's among them) may run on
+    a core of this rank's CPU set ``mine``. Ranks that the launcher bound to cores of their own
+    share none, so each keeps all of its cores; unbound ranks all share every core."""
+    return max(1, sum(1 for cpus in node if cpus & mine))
+
+
+def _parse_threads(value: int | str | None) -> int | None:
+    """A positive thread count, or None for "auto" (divide the cores)."""
+    source = "threads_per_rank" if value is not None else THREADS_ENV
+    value = os.environ.get(THREADS_ENV, "") if value is None else value
+    text = str(value).strip().lower()
+    if text in ("", "auto"):
+        return None
+    if isinstance(value, bool) or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{source} must be a positive integer or 'auto', got {value!r}")
+    return int(text)
+
+
+def _cpu_set() -> set[int]:
+    """The CPUs this process may run on (its affinity, which a launcher's binding narrows)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return set(range(os.cpu_count() or 1))
+
+
+def limit_threads(mpi_comm: Any, threads_per_rank: int | str | None = None) -> int | None:
+    """Set this rank's BLAS and OpenMP thread pools (collective over ``mpi_comm``) and return
+    the number of BLAS threads set, or None when threadpoolctl is not installed (rank 0 warns).
+
+    ``threads_per_rank`` (default ``$GPUNN_THREADS_PER_RANK``) is a positive integer, set as it
+    is, or ``"auto"``: :func:`divide_cores` of this rank's CPUs among the ranks on the machine
+    that share them (:func:`sharing_ranks`, from every rank's CPU set on this machine).
+    """
+    wanted = _parse_threads(threads_per_rank)
+    MPI = _mpi()
+    node = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=mpi_comm.Get_rank())
+    try:
+        mine = _cpu_set()
+        sharing = sharing_ranks(mine, [set(c) for c in node.allgather(sorted(mine))])
+    finally:
+        node.Free()
+    try:
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        if mpi_comm.Get_rank() == 0:
+            warnings.warn(
+                f"gpunn: threadpoolctl is not installed, so each of the {sharing} ranks on this "
+                "machine may start one BLAS thread per core and oversubscribe it; "
+                "pip install threadpoolctl (or set OMP_NUM_THREADS and OPENBLAS_NUM_THREADS)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        return None
+    pools = threadpool_info()
+    limits = {
+        p["prefix"]: wanted or divide_cores(len(mine), sharing, p["num_threads"]) for p in pools
+    }
+    if limits:
+        threadpool_limits(limits=limits)  # stays in force: this call is not used as a context
+    blas = [limits[p["prefix"]] for p in pools if p["user_api"] == "blas"]
+    return max(blas) if blas else (wanted or divide_cores(len(mine), sharing))
+
+
 def device_spec_for_rank(spec: str, local: int, device_count: int) -> str:
     """The backend spec a rank uses: ``"auto"``/``"cupy"`` become ``cupy:<local % count>``.
 
@@ -423,10 +547,16 @@ def _gpu_count() -> int:
 
 
 def _mpi() -> Any:
+    """mpi4py's ``MPI`` module; RuntimeError saying what to install when it cannot be loaded."""
     try:
         from mpi4py import MPI
     except ImportError as exc:
         raise RuntimeError(f"distributed training needs mpi4py: {INSTALL_HINT} ({exc})") from None
+    except RuntimeError as exc:  # mpi4py is there, but the MPI library it needs is not
+        raise RuntimeError(
+            f"mpi4py is installed but cannot load an MPI library ({exc}); install one: "
+            f"{INSTALL_HINT}"
+        ) from None
     return MPI
 
 
@@ -454,17 +584,22 @@ class DataParallel:
     """What :func:`gpunn.training.fit` does differently on one rank of a data-parallel run.
 
     Constructing it checks that every rank trains the same problem and broadcasts rank 0's
-    weights. Then, per step, :meth:`average_gradients` turns this rank's shard-mean gradients
-    into the global-batch mean; per epoch, :meth:`end_epoch` reads the epoch's statistics
-    (with a parameter checksum, in the same single host read), makes them global and stops
-    the run if the ranks' weights differ.
+    weights (and BatchNorm running statistics). Then, per step, :meth:`average_gradients` turns
+    this rank's shard-mean gradients into the global-batch mean; per epoch, :meth:`end_epoch`
+    averages the ranks' BatchNorm running statistics (:meth:`average_state`), reads the epoch's
+    statistics (with a parameter checksum, in the same single host read), makes them global
+    and stops the run if the ranks' weights differ.
     """
 
     def __init__(
         self, comm: Communicator, model: Any, n: int, batch_size: int, same: dict[str, Any]
     ) -> None:
         self.comm, self.rank, self.size = comm, comm.rank, comm.size
-        sizes = {"number of samples": n, "number of parameters": model.flat_params.size}
+        sizes = {
+            "number of samples": n,
+            "number of parameters": model.flat_params.size,
+            "number of running statistics": model.flat_state.size,
+        }
         self._check_same(sizes | {"batch_size": batch_size} | same)
         starts = range(0, n, batch_size)
         self.global_sizes = numpy.array([min(batch_size, n - s) for s in starts], dtype=numpy.int64)
@@ -477,6 +612,8 @@ class DataParallel:
         ).astype(numpy.int64)
         self.scale = self.local_sizes / self.global_sizes  # shard mean -> share of batch mean
         comm.bcast(model.flat_params, root=0)  # start from rank 0's weights, once
+        if model.flat_state.size:
+            comm.bcast(model.flat_state, root=0)  # ... and its running statistics
 
     def _check_same(self, values: dict[str, Any]) -> None:
         """Refuse to start unless every rank has the same values (one tiny all-reduce): ranks
@@ -522,13 +659,33 @@ class DataParallel:
         grads *= float(self.scale[b])
         self.comm.allreduce_sum(grads)
 
+    def average_state(self, model: Any) -> None:
+        """Replace every rank's BatchNorm running statistics (``model.flat_state``) by their
+        mean over the ranks: one all-reduce, once per epoch.
+
+        During an epoch each rank's BatchNorm layers normalise with the statistics of the
+        rank's own shard and update their running mean and variance from them, so the ranks'
+        running statistics drift apart. Averaging them at the end of every epoch, before
+        validation, callbacks and checkpoints see them, gives every rank the same values. An
+        exponential moving average is linear in what it averages, so the result is the
+        moving average of the ranks' mean shard statistics: for the running mean, the mean of
+        the global batch when every shard has as many rows; for the running variance, the
+        mean of the shard variances (which leaves out the spread between shard means).
+        """
+        state = model.flat_state
+        if state.size:
+            self.comm.allreduce_sum(state)
+            state /= self.size
+
     def end_epoch(self, model: Any, stats: Any) -> numpy.ndarray:
         """The epoch's (2, batches) statistics for the global batches, as host arrays.
 
         ``stats`` holds this rank's shard-mean losses and correct counts on the device. They
         are read together with a parameter checksum in one transfer, summed over ranks on the
-        host, and the checksum's spread is checked (:class:`DriftError`).
+        host, and the checksum's spread is checked (:class:`DriftError`). The ranks' BatchNorm
+        running statistics are averaged first (:meth:`average_state`).
         """
+        self.average_state(model)
         xp, p = model.xp, model.flat_params
         checksum = xp.stack([p.sum(dtype=xp.float64), xp.abs(p).sum(dtype=xp.float64)])
         host = model.backend.to_numpy(xp.concatenate([stats.ravel(), checksum]))

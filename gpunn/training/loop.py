@@ -5,33 +5,46 @@ gathered there, and the batch order comes from a host generator seeded by ``seed
 CuPy see the same batches in the same order. The epoch's loss, correct-prediction count and
 first non-finite batch are accumulated on the device and read back once per epoch: a GPU is never
 made to wait for the host inside an epoch.
+
+Host reads (each one waits for the GPU), counted by tests/test_device_rules.py: ``fit`` reads
+once per epoch, plus once per epoch for ``validation_data`` (its evaluation); ``evaluate``
+reads once; ``predict`` never (it returns a device array). Checking inputs that are already on
+the device reads a few scalars once per call, before the first epoch. A data-parallel run over
+MPI without CUDA-aware transfers also copies each step's gradients through the host (see
+docs/distributed.md). The first use of each fused kernel in a process runs its self-check,
+which reads a few values once. Everything runs with the model's device current
+(``backend.activate()``), whatever device the caller has current.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gpunn.backend import namespace
 from gpunn.errors import NonFiniteLossError
+from gpunn.math.activations import sigmoid_forward, softmax_forward
 from gpunn.model import Sequential
 from gpunn.nn.layer import Array
 from gpunn.nn.losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
 from gpunn.nn.optim import Optimizer
 from gpunn.training.callbacks import Callback
 from gpunn.training.distributed import Communicator, DataParallel
-from gpunn.training.progress import Progress
+from gpunn.training.progress import Progress, count
 from gpunn.training.validation import check_batch_size, check_x, check_y
 
 #: the share of free device memory a dataset may take before it is streamed in chunks
 DEVICE_MEMORY_SHARE = 0.5
 
 
-@dataclass
+@dataclass(repr=False)
 class History:
-    """Per-epoch metrics of one ``fit``: ``history["loss"][e]`` is epoch e's mean loss."""
+    """Per-epoch metrics of one ``fit``: ``history["loss"][e]`` is the mean loss of the e-th
+    epoch run, ``history.epoch[e]`` that epoch's number, ``history.keys()`` the metric names."""
 
     history: dict[str, list[float]] = field(default_factory=dict)
     epoch: list[int] = field(default_factory=list)
@@ -43,6 +56,29 @@ class History:
 
     def __getitem__(self, key: str) -> list[float]:
         return self.history[key]
+
+    def keys(self) -> Any:
+        """The metric names, in the order fit logs them (``loss``, ``accuracy``, ...)."""
+        return self.history.keys()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.history
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.history)
+
+    def __repr__(self) -> str:
+        """``History(3 epochs [1-3], last: loss 0.1234, accuracy 0.9700)``: how many epochs,
+        their numbers and the last one's main metrics, not every list (``history.history``)."""
+        if not self.epoch:
+            return "History(0 epochs)"
+        span = f"{self.epoch[0]}-{self.epoch[-1]}" if len(self.epoch) > 1 else f"{self.epoch[0]}"
+        last = [
+            f"{key} {self.history[key][-1]:.4f}"
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy")
+            if key in self.history
+        ]
+        return f"History({count(len(self.epoch), 'epoch')} [{span}], last: {', '.join(last)})"
 
 
 class DeviceData:
@@ -57,7 +93,10 @@ class DeviceData:
         self.backend, self.xp = backend, backend.xp
         self.n = X.shape[0]
         self.dtype, self.y_dtype = dtype, y_dtype
-        row_bytes = X.shape[1] * dtype.itemsize + 8  # a row of X plus its label
+        per_sample = 1
+        for d in X.shape[1:]:
+            per_sample *= d
+        row_bytes = per_sample * dtype.itemsize + 8  # a sample of X plus its label
         free = backend.free_memory()  # None on the host: X is already in memory there
         fits = free is None or row_bytes * self.n <= DEVICE_MEMORY_SHARE * free
         self.on_device = fits
@@ -101,6 +140,7 @@ def fit(
     batch_size: int = 64,
     shuffle: bool = True,
     validation_data: tuple[Any, Any] | None = None,
+    validation_split: float | None = None,
     callbacks: Sequence[Callback] = (),
     seed: int | None = None,
     verbose: int = 1,
@@ -113,6 +153,12 @@ def fit(
     fixes the batch order: epoch e is shuffled by a generator seeded with (seed, e), so a run
     resumed with ``initial_epoch`` (epochs already done) sees the batches an uninterrupted run
     would. Raises :class:`NonFiniteLossError` if the loss becomes NaN/inf.
+
+    ``validation_split`` (a fraction in (0, 1), exclusive with ``validation_data``) holds out
+    the *last* ``round(fraction * N)`` rows of X and y, as given and before any shuffling (as
+    Keras does), and evaluates them after every epoch like ``validation_data``: the split is
+    the same in every run and on every rank. Rows must not be ordered by class: labels sorted
+    by class, or a split holding a class the training rows lack, are refused (shuffle first).
 
     With ``comm`` (a :mod:`gpunn.training.distributed` communicator of more than one rank) this
     is one rank of a data-parallel run: ``batch_size`` is the global batch, each rank trains on its
@@ -128,8 +174,16 @@ def fit(
     _check_loss(loss)
     if not isinstance(optimizer, Optimizer):
         raise ValueError(f"optimizer must be a gpunn optimizer (e.g. Adam()), found {optimizer!r}")
-    X = check_x(X, model.in_features, dtype=model.dtype)
+    X = check_input(model, X)
+    _check_outputs(model)
     y = check_y(y, X.shape[0], loss, model.out_features)
+    if validation_split is not None:
+        if validation_data is not None:
+            raise ValueError(
+                "give either validation_data or validation_split, not both "
+                f"(validation_split={validation_split!r})"
+            )
+        X, y, validation_data = _split_off_validation(X, y, validation_split, loss)
     val = None
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -142,79 +196,156 @@ def fit(
                     else ""
                 )
             )
-        Xv = check_x(validation_data[0], model.in_features, name="validation X", dtype=model.dtype)
+        Xv = check_input(model, validation_data[0], name="validation X")
         yv = check_y(validation_data[1], Xv.shape[0], loss, model.out_features, name="validation y")
         val = _on_device(model, loss, Xv, yv)  # moved once, evaluated every epoch
 
+    _check_batch_sizes(model, X.shape[0], batch_size)
     backend, xp = model.backend, model.xp
-    data = DeviceData(backend, X, y, model.dtype, _label_dtype(loss, model))
-    seed = model.seed if seed is None else seed
-    dp = None
-    if comm is not None and comm.size > 1:
-        same = {"seed": seed, "shuffle": shuffle, "epochs": epochs, "initial_epoch": initial_epoch}
-        dp = DataParallel(comm, model, data.n, batch_size, same)  # broadcasts rank 0's weights
-        callbacks = dp.wrap_callbacks(callbacks)
-        verbose = verbose if comm.rank == 0 else 0
-    history = History()
-    steps = -(-data.n // batch_size)  # batches per epoch, the last one may be short
-    progress = Progress(verbose, initial_epoch + epochs, steps=steps, samples=data.n)
-    context = {
-        "model": model,
-        "optimizer": optimizer,
-        "loss": loss,
-        "history": history,
-        "steps_per_epoch": steps,
-    }
-    for cb in callbacks:
-        cb.set_context(context)
-        cb.on_train_begin()
-    model.stop_training = False
-    with progress:
-        for epoch in range(initial_epoch + 1, initial_epoch + epochs + 1):
-            for cb in callbacks:
-                cb.on_epoch_begin(epoch)
-            if shuffle:
-                order = backend.host_rng((seed, epoch)).permutation(data.n)
-            else:
-                order = backend.host_arange(data.n)
-            progress.start_epoch(epoch)
-            t0 = time.perf_counter()
-            stats = _epoch(model, loss, optimizer, data, order, batch_size, callbacks, progress, dp)
-            if dp is None:
-                # the one host read of the epoch: the (2, batches) stats and a weight checksum
-                checksum = model.flat_params.sum(dtype=xp.float64).reshape(1)
-                host = backend.to_numpy(xp.concatenate([stats.ravel(), checksum]))
-                stats, weight_sum = host[:-1].reshape(2, -1), float(host[-1])
-            else:  # read together with the ranks' checksums, then summed over the ranks
-                stats, weight_sum = dp.end_epoch(model, stats), 0.0
-            seconds = time.perf_counter() - t0
-            sizes = [min(batch_size, data.n - start) for start in range(0, data.n, batch_size)]
-            bad = [b for b, value in enumerate(stats[0]) if not math.isfinite(value)]
-            if bad:
-                raise NonFiniteLossError(epoch, bad[0] + 1, float(stats[0][bad[0]]))
-            if not math.isfinite(weight_sum):  # the epoch's last step broke the weights
-                raise NonFiniteLossError(epoch, steps, weight_sum, what="weights")
-            loss_sum = sum(
-                float(value) * size for value, size in zip(stats[0], sizes, strict=False)
+    with backend.activate():  # every array of the run is made, and every kernel runs, on its device
+        data = DeviceData(backend, X, y, model.dtype, _label_dtype(loss, model))
+        seed = model.seed if seed is None else seed
+        dp = None
+        if comm is not None and comm.size > 1:
+            same = {
+                "seed": seed,
+                "shuffle": shuffle,
+                "epochs": epochs,
+                "initial_epoch": initial_epoch,
+            }
+            dp = DataParallel(comm, model, data.n, batch_size, same)  # broadcasts rank 0's weights
+            callbacks = dp.wrap_callbacks(callbacks)
+            verbose = verbose if comm.rank == 0 else 0
+        history = History()
+        steps = -(-data.n // batch_size)  # batches per epoch, the last one may be short
+        progress = Progress(verbose, initial_epoch + epochs, steps=steps, samples=data.n)
+        context = {
+            "model": model,
+            "optimizer": optimizer,
+            "loss": loss,
+            "history": history,
+            "steps_per_epoch": steps,
+        }
+        for cb in callbacks:
+            cb.set_context(context)
+            cb.on_train_begin()
+        model.stop_training = False
+        with progress:
+            for epoch in range(initial_epoch + 1, initial_epoch + epochs + 1):
+                for cb in callbacks:
+                    cb.on_epoch_begin(epoch)
+                if shuffle:
+                    order = backend.host_rng((seed, epoch)).permutation(data.n)
+                else:
+                    order = backend.host_arange(data.n)
+                progress.start_epoch(epoch)
+                t0 = time.perf_counter()
+                stats = _epoch(
+                    model, loss, optimizer, data, order, batch_size, callbacks, progress, dp
+                )
+                if dp is None:
+                    # the one host read of the epoch: the (2, batches) stats and a weight checksum
+                    checksum = model.flat_params.sum(dtype=xp.float64).reshape(1)
+                    host = backend.to_numpy(xp.concatenate([stats.ravel(), checksum]))
+                    stats, weight_sum = host[:-1].reshape(2, -1), float(host[-1])
+                else:  # read together with the ranks' checksums, then summed over the ranks
+                    stats, weight_sum = dp.end_epoch(model, stats), 0.0
+                seconds = time.perf_counter() - t0
+                sizes = [min(batch_size, data.n - start) for start in range(0, data.n, batch_size)]
+                bad = [b for b, value in enumerate(stats[0]) if not math.isfinite(value)]
+                if bad:
+                    raise NonFiniteLossError(epoch, bad[0] + 1, float(stats[0][bad[0]]))
+                if not math.isfinite(weight_sum):  # the epoch's last step broke the weights
+                    raise NonFiniteLossError(epoch, steps, weight_sum, what="weights")
+                loss_sum = sum(
+                    float(value) * size for value, size in zip(stats[0], sizes, strict=False)
+                )
+                logs = {"loss": loss_sum / data.n}
+                if loss.has_accuracy:
+                    logs["accuracy"] = float(stats[1].sum()) / data.n
+                if val is not None:
+                    for key, value in _evaluate(model, *val, loss).items():
+                        logs[f"val_{key}"] = value
+                logs["lr"] = optimizer.lr
+                logs["epoch_seconds"] = seconds
+                logs["samples_per_second"] = data.n / seconds if seconds > 0 else float("inf")
+                history.append(epoch, logs)
+                progress.end_epoch(epoch, logs)
+                for cb in callbacks:
+                    cb.on_epoch_end(epoch, logs)
+                if model.stop_training:
+                    break
+        for cb in callbacks:
+            cb.on_train_end()
+        return history
+
+
+def check_input(model: Sequential, X: Any, *, name: str = "X") -> Array:
+    """X checked against the model's input shape (see ``check_x``); a model that does not
+    know its input shape yet learns it here, and checks that its layers fit together."""
+    X = check_x(X, model.input_shape, name=name, dtype=model.dtype, rank=model.input_rank)
+    if model.input_shape is None:
+        model.set_input_shape(X.shape[1:])
+    return X
+
+
+def _check_outputs(model: Sequential) -> None:
+    """A loss needs a vector of outputs per sample: refuse a model that ends in feature maps."""
+    shape = model.output_shape
+    if shape is not None and len(shape) != 1:
+        raise ValueError(
+            f"the model's output for one sample has shape {shape}, but a loss needs a vector "
+            "of outputs: end the model with Flatten() and a Dense layer"
+        )
+
+
+def _check_batch_sizes(model: Sequential, n: int, batch_size: int) -> None:
+    """Every training batch must be large enough for the model (BatchNorm needs 2 values per
+    channel); the smallest is the last batch of an epoch."""
+    need, who = model.min_train_batch()
+    last = n % batch_size or batch_size
+    smallest = min(last, batch_size, n)
+    if smallest < need:
+        raise ValueError(
+            f"{who} needs batches of at least {need} samples to train, but with {n} samples "
+            f"and batch size {batch_size} the last batch of each epoch holds {smallest}: "
+            "choose another batch size"
+        )
+
+
+def _split_off_validation(
+    X: Array, y: Array, fraction: Any, loss: Loss
+) -> tuple[Array, Array, tuple[Array, Array]]:
+    """(X_train, y_train, (X_val, y_val)): the last ``round(fraction * N)`` rows held out."""
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real):
+        raise ValueError(f"validation_split must be a fraction in (0, 1), found {fraction!r}")
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation_split must be a fraction in (0, 1), found {fraction!r}")
+    n = X.shape[0]
+    n_val = int(fraction * n + 0.5)  # round(fraction * N), a half rounded up
+    if not 1 <= n_val <= n - 1:
+        raise ValueError(
+            f"validation_split={fraction!r} of {count(n, 'sample')} leaves "
+            + ("no validation sample" if n_val < 1 else "no training sample")
+        )
+    cut = n - n_val
+    if isinstance(loss, SoftmaxCrossEntropy):
+        # Rows ordered by class would put whole classes in the held-out tail: the model could
+        # not learn them and the validation accuracy would measure one class.
+        xp = namespace(y)
+        step = xp.diff(y)
+        if y[0] != y[-1] and bool((step >= 0).all() or (step <= 0).all()):
+            problem = "the rows are sorted by class"
+        else:
+            missing = xp.setdiff1d(xp.unique(y[cut:]), xp.unique(y[:cut]))
+            listed = ", ".join(str(int(c)) for c in missing[:5].tolist())
+            problem = f"it holds class(es) {listed} that the training rows lack" if listed else ""
+        if problem:
+            raise ValueError(
+                f"validation_split takes the last {count(n_val, 'row')} as they are, and "
+                f"{problem}: shuffle X and y first, or pass validation_data"
             )
-            logs = {"loss": loss_sum / data.n}
-            if loss.has_accuracy:
-                logs["accuracy"] = float(stats[1].sum()) / data.n
-            if val is not None:
-                for key, value in _evaluate(model, *val, loss).items():
-                    logs[f"val_{key}"] = value
-            logs["lr"] = optimizer.lr
-            logs["epoch_seconds"] = seconds
-            logs["samples_per_second"] = data.n / seconds if seconds > 0 else float("inf")
-            history.append(epoch, logs)
-            progress.end_epoch(epoch, logs)
-            for cb in callbacks:
-                cb.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-    for cb in callbacks:
-        cb.on_train_end()
-    return history
+    return X[:cut], y[:cut], (X[cut:], y[cut:])
 
 
 def _epoch(
@@ -259,7 +390,8 @@ def evaluate(model: Sequential, X: Any, y: Any, loss: Loss | None = None) -> dic
     """Mean loss (and accuracy where it applies) of the model on X, y in inference mode."""
     loss = loss if loss is not None else _default_loss(model)
     _check_loss(loss)
-    X = check_x(X, model.in_features, dtype=model.dtype)
+    X = check_input(model, X)
+    _check_outputs(model)
     y = check_y(y, X.shape[0], loss, model.out_features)
     return _evaluate(model, *_on_device(model, loss, X, y), loss)
 
@@ -273,14 +405,15 @@ def _on_device(model: Sequential, loss: Loss, X: Array, y: Array) -> tuple[Array
 def _evaluate(model: Sequential, X: Array, y: Array, loss: Loss) -> dict[str, float]:
     """``evaluate`` on checked device arrays: batched forward passes, one host read."""
     backend, xp = model.backend, model.xp
-    totals = xp.zeros(2, dtype=xp.float64)
-    for start, stop in _slices(X.shape[0], _predict_batch(model)):
-        logits = model.forward(X[start:stop], training=False)
-        yb = y[start:stop]
-        totals[0] += loss.forward(logits, yb) * (stop - start)
-        if loss.has_accuracy:
-            totals[1] += loss.correct(logits, yb)
-    sums = backend.to_numpy(totals)
+    with backend.activate():
+        totals = xp.zeros(2, dtype=xp.float64)
+        for start, stop in _slices(X.shape[0], _predict_batch(model)):
+            logits = model.forward(X[start:stop], training=False)
+            yb = y[start:stop]
+            totals[0] += loss.forward(logits, yb) * (stop - start)
+            if loss.has_accuracy:
+                totals[1] += loss.correct(logits, yb)
+    sums = backend.to_numpy(totals)  # the one host read
     result = {"loss": float(sums[0]) / X.shape[0]}
     if loss.has_accuracy:
         result["accuracy"] = float(sums[1]) / X.shape[0]
@@ -288,18 +421,48 @@ def _evaluate(model: Sequential, X: Array, y: Array, loss: Loss) -> dict[str, fl
 
 
 def predict(model: Sequential, X: Any, batch_size: int | None = None) -> Array:
-    """Model outputs (logits) for X (N, D) -> (N, out) on the model's backend, in batches."""
-    X = check_x(X, model.in_features, dtype=model.dtype)
+    """Model outputs (logits) for X (N, ...) -> (N, out) on the model's backend, in batches."""
+    X = check_input(model, X)
     batch_size = check_batch_size(batch_size) or _predict_batch(model)
     backend, xp = model.backend, model.xp
     out = None
-    for start, stop in _slices(X.shape[0], batch_size):
-        xb = backend.asarray(X[start:stop], dtype=model.dtype)
-        yb = model.forward(xb, training=False)
-        if out is None:  # the output width is known once the first batch has gone through
-            out = xp.empty((X.shape[0],) + yb.shape[1:], dtype=model.dtype)
-        out[start:stop] = yb
+    with backend.activate():
+        for start, stop in _slices(X.shape[0], batch_size):
+            xb = backend.asarray(X[start:stop], dtype=model.dtype)
+            yb = model.forward(xb, training=False)
+            if out is None:  # the output width is known once the first batch has gone through
+                out = xp.empty((X.shape[0],) + yb.shape[1:], dtype=model.dtype)
+            out[start:stop] = yb
     return out
+
+
+def predict_proba(
+    model: Sequential, X: Any, loss: Loss | None = None, batch_size: int | None = None
+) -> Array:
+    """Class probabilities for X (N, D) on the model's backend, from the logits of ``predict``.
+
+    ``loss`` is the loss the model was trained with; it decides what the outputs mean:
+
+    * :class:`SoftmaxCrossEntropy`: softmax over the C outputs, (N, C), each row summing to 1;
+    * :class:`BinaryCrossEntropy`: sigmoid of the single output, (N, 1), P(label 1);
+    * any other loss (mean squared error) has no probabilities: ``ValueError``.
+
+    ``loss=None`` assumes what :func:`evaluate` assumes: BinaryCrossEntropy for a model with one
+    output, SoftmaxCrossEntropy for more. Pass the loss for a model trained with another.
+    """
+    loss = loss if loss is not None else _default_loss(model)
+    _check_loss(loss)
+    if isinstance(loss, SoftmaxCrossEntropy):
+        probabilities = softmax_forward
+    elif isinstance(loss, BinaryCrossEntropy):
+        probabilities = sigmoid_forward
+    else:
+        raise ValueError(
+            f"a model trained with {loss.kind} predicts values, not class probabilities: "
+            "use predict()"
+        )
+    logits = predict(model, X, batch_size)  # (N, out), a new array: overwritten in place
+    return probabilities(logits, xp=model.xp, out=logits)
 
 
 def _slices(n: int, size: int) -> Iterator[tuple[int, int]]:

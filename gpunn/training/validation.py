@@ -9,29 +9,55 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpunn.backend import namespace
+from gpunn.backend import device_of, namespace
 from gpunn.nn.layer import Array
 from gpunn.nn.losses import BinaryCrossEntropy, Loss, MeanSquaredError, SoftmaxCrossEntropy
 
 
-def check_x(X: Any, n_features: int | None, *, name: str = "X", dtype: Any = None) -> Array:
-    """X as a 2-D numeric array (N, features) with N >= 1, the model's width and finite values.
+def check_x(
+    X: Any,
+    shape: int | tuple[int, ...] | None,
+    *,
+    name: str = "X",
+    dtype: Any = None,
+    rank: int | None = 1,
+) -> Array:
+    """X as a numeric array (N, *sample) with N >= 1, the model's sample shape, finite values.
 
-    With ``dtype`` (the model's), values too large for it (they would become inf) are refused.
+    ``shape`` is one sample's shape, or an int for a vector of that many features (2-D X, as
+    for an MLP); None when the model has yet to learn it, and then ``rank`` is how many axes a
+    sample must have (None: any). With ``dtype`` (the model's), values too large for it (they
+    would become inf) are refused. A device array is checked where it is (its device current),
+    never moved.
     """
+    if isinstance(shape, int):
+        shape = (shape,)
+    if shape is not None:
+        rank = len(shape)
+    with device_of(X):
+        return _check_x(X, shape, rank, name, dtype)
+
+
+def _check_x(
+    X: Any, shape: tuple[int, ...] | None, rank: int | None, name: str, dtype: Any
+) -> Array:
     xp = namespace(X)
     try:
         X = xp.asarray(X)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{name} must be a 2-D numeric array: {exc}") from None
+        kind = "2-D numeric array" if rank == 1 else "numeric array"
+        raise ValueError(f"{name} must be a {kind}: {exc}") from None
     if X.dtype.kind not in "biuf":
         raise ValueError(f"{name} must hold numbers, found dtype {X.dtype}")
-    if X.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (samples, features), found shape {X.shape}")
+    _check_rank(X, shape, rank, name)
     if X.shape[0] == 0:
         raise ValueError(f"{name} is empty: it has no samples (shape {X.shape})")
-    if n_features is not None and X.shape[1] != n_features:
-        raise ValueError(f"{name} has {X.shape[1]} features, the model expects {n_features}")
+    if shape is not None and tuple(X.shape[1:]) != tuple(shape):
+        if rank == 1:
+            raise ValueError(f"{name} has {X.shape[1]} features, the model expects {shape[0]}")
+        raise ValueError(
+            f"{name} has samples of shape {tuple(X.shape[1:])}, the model expects {tuple(shape)}"
+        )
     if X.dtype.kind == "f":
         bad = int((~xp.isfinite(X)).sum())
         if bad:
@@ -47,8 +73,43 @@ def check_x(X: Any, n_features: int | None, *, name: str = "X", dtype: Any = Non
     return X
 
 
+def _check_rank(X: Array, shape: tuple[int, ...] | None, rank: int | None, name: str) -> None:
+    """X must have a batch axis plus ``rank`` axes per sample (any number >= 1 for None)."""
+    if rank is None:
+        if X.ndim < 2:
+            raise ValueError(
+                f"{name} must have a sample axis and at least one more, found shape {X.shape}"
+            )
+        return
+    if X.ndim == rank + 1:
+        return
+    if rank == 1:
+        raise ValueError(f"{name} must be 2-D (samples, features), found shape {X.shape}")
+    axes = "(samples, channels, height, width)" if rank == 3 else f"(samples, {rank} axes)"
+    text = f"{name} must be {rank + 1}-D {axes}, found shape {X.shape}"
+    if shape is not None and X.ndim == 2 and X.shape[1] == _prod(shape):
+        wanted = ", ".join(str(d) for d in shape)
+        text += f": reshape it with X.reshape(-1, {wanted})"
+    raise ValueError(text)
+
+
+def _prod(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def check_y(y: Any, n: int, loss: Loss | None, n_outputs: int | None, *, name: str = "y") -> Array:
-    """Targets for n samples that suit ``loss`` (class ids, 0/1 labels or regression targets)."""
+    """Targets for n samples that suit ``loss`` (class ids, 0/1 labels or regression targets).
+
+    A device array is checked where it is (its device current), never moved.
+    """
+    with device_of(y):
+        return _check_y(y, n, loss, n_outputs, name)
+
+
+def _check_y(y: Any, n: int, loss: Loss | None, n_outputs: int | None, name: str) -> Array:
     xp = namespace(y)
     try:
         y = xp.asarray(y)
