@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import collections
 import contextlib
 import copy
 import functools
@@ -509,19 +510,14 @@ class _Pool:
                 os._exit(code)
         self.running[pid] = (slot, job, time.perf_counter())
 
-    def run(self, jobs: Iterator[_Job]) -> Iterator[tuple[_Job, str, float]]:
-        """Yield (job, "passed" | "failed" | "timeout", seconds) as each job ends."""
-        pending = iter(jobs)
-        exhausted = False
+    def run(self, jobs: collections.deque[_Job]) -> Iterator[tuple[_Job, str, float]]:
+        """Yield (job, "passed" | "failed" | "timeout", seconds) as each job ends; jobs added
+        to ``jobs`` meanwhile are run too."""
         while True:
             busy = {slot for slot, _, _ in self.running.values()}
-            while not exhausted and len(busy) < len(self.scratches):
-                job = next(pending, None)
-                if job is None:
-                    exhausted = True
-                    break
+            while jobs and len(busy) < len(self.scratches):
                 slot = min(set(range(len(self.scratches))) - busy)
-                self._start(slot, job)
+                self._start(slot, jobs.popleft())
                 busy.add(slot)
             if not self.running:
                 return
@@ -586,6 +582,7 @@ def run(modules: list[str], args: argparse.Namespace) -> list[Result]:
     if args.skip_killed:
         for r in json.loads(Path(args.skip_killed).read_text())["mutants"]:
             previous[r["id"]] = r["status"]
+    started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="gpunn-mutate-"))
     results: dict[str, Result] = {}
     seen_ids: set[str] = set()
@@ -605,7 +602,7 @@ def run(modules: list[str], args: argparse.Namespace) -> list[Result]:
         _preload()
         pool = _Pool(scratches, baseline)
         check = _Job("import", (), args.max_seconds)
-        if next(pool.run(iter([check])))[1] != "passed":
+        if next(pool.run(collections.deque([check])))[1] != "passed":
             raise SystemExit("mutate: the tests would not import gpunn from the scratch copy")
 
         # 1. each test file once, unmutated, recording which test calls what
@@ -616,7 +613,7 @@ def run(modules: list[str], args: argparse.Namespace) -> list[Result]:
             _Job(f, (f,), args.max_seconds, trace=modules, trace_out=str(work / f"{i}.json"))
             for i, f in enumerate(files)
         ]
-        for job, outcome, seconds in pool.run(iter(trace_jobs)):
+        for job, outcome, seconds in pool.run(collections.deque(trace_jobs)):
             if outcome != "passed":
                 raise SystemExit(f"mutate: {job.tag} does not pass on the unmutated modules")
             traces[job.tag] = json.loads(Path(job.trace_out).read_text(encoding="utf-8"))
@@ -661,6 +658,9 @@ def run(modules: list[str], args: argparse.Namespace) -> list[Result]:
         def record(m: Mutant, status: str, seconds: float, tests: str) -> None:
             _record(results, m, status, seconds, tests, equivalent)
             count[0] += 1
+            if count[0] % 25 == 0:  # the results so far, should the run be cut short
+                elapsed = time.perf_counter() - started
+                write_report(list(results.values()), args.out, elapsed, quiet=True)
             r = results[m.id]
             print(
                 f"  [{count[0]}/{count[1]}] {r.status:<10} {seconds:5.1f}s {tests:<8} {m.id}  "
@@ -668,45 +668,40 @@ def run(modules: list[str], args: argparse.Namespace) -> list[Result]:
                 flush=True,
             )
 
-        queue: list[_Job] = [
+        queue = collections.deque(
             job_for(m, s, "selected" if s is not None else "all", timeout_for(m)) for m, s in todo
-        ]
-        while queue:
-            batch, queue = queue, []
-            for job, outcome, seconds in pool.run(iter(batch)):
-                if job.tag[0] == "verify":
-                    select = job.tag[1]
-                    verified[select] = outcome == "passed"
-                    for m, secs in waiting.pop(select):
-                        if verified[select]:
-                            record(m, "killed", secs, "selected")
-                        else:  # the selection fails alone: judge the mutant by all its tests
-                            queue.append(job_for(m, None, "all", timeout_for(m)))
-                    continue
-                m, select, stage = job.tag
-                if outcome == "timeout" and not stage.endswith(" again"):
-                    # a busy machine, or a loop that never ends? once more, 3 times the limit
-                    job.tag = (m, select, stage + " again")
-                    job.timeout *= 3
-                    queue.append(job)
-                    continue
-                stage = stage.removesuffix(" again")
-                if stage == "selected" and outcome == "passed":
-                    queue.append(job_for(m, None, "all", timeout_for(m)))  # all of its tests
-                elif stage == "selected" and outcome == "failed" and select not in verified:
-                    if select not in waiting:  # run the selection on the unmutated modules
-                        waiting[select] = []
-                        queue.append(
-                            _Job(
-                                ("verify", select), TARGETS[m.module], timeout_for(m), select=select
-                            )
-                        )
-                    waiting[select].append((m, seconds))
-                elif stage == "selected" and outcome == "failed" and not verified[select]:
-                    queue.append(job_for(m, None, "all", timeout_for(m)))
-                else:
-                    status = {"failed": "killed", "passed": "survived"}.get(outcome, outcome)
-                    record(m, status, seconds, stage)
+        )
+        for job, outcome, seconds in pool.run(queue):
+            if job.tag[0] == "verify":
+                select = job.tag[1]
+                verified[select] = outcome == "passed"
+                for m, secs in waiting.pop(select):
+                    if verified[select]:
+                        record(m, "killed", secs, "selected")
+                    else:  # the selection fails alone: judge the mutant by all its tests
+                        queue.append(job_for(m, None, "all", timeout_for(m)))
+                continue
+            m, select, stage = job.tag
+            if outcome == "timeout" and not stage.endswith(" again"):
+                # a busy machine, or a loop that never ends? once more, 3 times the limit
+                job.tag = (m, select, stage + " again")
+                job.timeout *= 3
+                queue.append(job)
+                continue
+            stage = stage.removesuffix(" again")
+            if stage == "selected" and outcome == "passed":
+                queue.append(job_for(m, None, "all", timeout_for(m)))  # all of its tests
+            elif stage == "selected" and outcome == "failed" and select not in verified:
+                if select not in waiting:  # run the selection on the unmutated modules
+                    waiting[select] = []
+                    tests, limit = TARGETS[m.module], timeout_for(m)  # before the rest:
+                    queue.appendleft(_Job(("verify", select), tests, limit, select=select))
+                waiting[select].append((m, seconds))
+            elif stage == "selected" and outcome == "failed" and not verified[select]:
+                queue.append(job_for(m, None, "all", timeout_for(m)))
+            else:
+                status = {"failed": "killed", "passed": "survived"}.get(outcome, outcome)
+                record(m, status, seconds, stage)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _warn_stale(equivalent, modules, seen_ids)
@@ -754,7 +749,7 @@ def summary(results: list[Result]) -> dict[str, dict[str, float]]:
 STATUSES = ("killed", "timeout", "equivalent", "survived")
 
 
-def write_report(results: list[Result], out: Path, wall: float) -> None:
+def write_report(results: list[Result], out: Path, wall: float, quiet: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     table = summary(results)
     record = {
@@ -773,6 +768,8 @@ def write_report(results: list[Result], out: Path, wall: float) -> None:
         f"- `{r.id}` {r.module} `{r.function}`: {r.change} (line {r.line})" for r in survivors
     ]
     (out / "survivors.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    if quiet:
+        return
     print()
     print(
         f"{'module':<32}{'mutants':>8}{'killed':>8}{'timeout':>8}{'equiv':>7}"
