@@ -649,7 +649,7 @@ def run(modules: list[str], args: argparse.Namespace) -> list[Result]:
             if select is not None and not select:  # no test calls it: all of its tests
                 select, stage = None, "all"
             source = functools.partial(mutated_source, sources[m.module], m.index)
-            return _Job((m, select, stage), TARGETS[m.module], limit, m.module, source, select)
+            return _Job((m, select, stage), _files(m, select), limit, m.module, source, select)
 
         verified: dict[frozenset[str], bool] = {}  # selection -> passes on unmutated code
         waiting: dict[frozenset[str], list[tuple[Mutant, float]]] = {}  # kills to confirm
@@ -679,7 +679,7 @@ def run(modules: list[str], args: argparse.Namespace) -> list[Result]:
                     if verified[select]:
                         record(m, "killed", secs, "selected")
                     else:  # the selection fails alone: judge the mutant by all its tests
-                        queue.append(job_for(m, None, "all", timeout_for(m)))
+                        queue.appendleft(job_for(m, None, "all", timeout_for(m)))
                 continue
             m, select, stage = job.tag
             if outcome == "timeout" and not stage.endswith(" again"):
@@ -689,12 +689,12 @@ def run(modules: list[str], args: argparse.Namespace) -> list[Result]:
                 queue.append(job)
                 continue
             stage = stage.removesuffix(" again")
-            if stage == "selected" and outcome == "passed":
-                queue.append(job_for(m, None, "all", timeout_for(m)))  # all of its tests
+            if stage == "selected" and outcome == "passed":  # all of its tests, next
+                queue.appendleft(job_for(m, None, "all", timeout_for(m)))
             elif stage == "selected" and outcome == "failed" and select not in verified:
                 if select not in waiting:  # run the selection on the unmutated modules
                     waiting[select] = []
-                    tests, limit = TARGETS[m.module], timeout_for(m)  # before the rest:
+                    tests, limit = _files(m, select), timeout_for(m)  # before the rest:
                     queue.appendleft(_Job(("verify", select), tests, limit, select=select))
                 waiting[select].append((m, seconds))
             elif stage == "selected" and outcome == "failed" and not verified[select]:
@@ -709,6 +709,14 @@ def run(modules: list[str], args: argparse.Namespace) -> list[Result]:
         m.id: n for n, m in enumerate(m for mod in modules for m in mutants(mod, sources[mod]))
     }
     return sorted(results.values(), key=lambda r: order.get(r.id, 0))
+
+
+def _files(m: Mutant, select: frozenset[str] | None) -> tuple[str, ...]:
+    """The test files of ``m``'s module that hold a selected test (all of them for None)."""
+    files = TARGETS[m.module]
+    if select is None:
+        return files
+    return tuple(f for f in files if any(t.startswith(f + "::") for t in select)) or files
 
 
 def _record(
