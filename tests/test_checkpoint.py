@@ -852,6 +852,15 @@ def test_the_data_entry_round_trips_and_is_covered_by_the_checksum(tmp_path: pat
     refuse(path, "metadata checksum mismatch")
 
 
+def test_a_data_entry_of_the_wrong_shape_is_named_in_the_message() -> None:
+    """An object with other keys lists the keys it has; anything else is named by its type."""
+    with pytest.raises(ValueError, match=r"got \['code', 'dataset'\]$"):
+        ck.check_data({"dataset": "digits", "code": "import os"})
+    for value, name in (([1, 2], "list"), (5, "int"), ("digits", "str")):
+        with pytest.raises(ValueError, match=f"got {name}$"):
+            ck.check_data(value)
+
+
 def test_a_checkpoint_without_the_data_entry_still_loads(saved: pathlib.Path) -> None:
     assert "data" not in read_checkpoint(saved)[1]  # saved without data=, like older files
     assert ck.load_with_optimizer(saved, backend="numpy")[2]["data"] is None
