@@ -861,6 +861,19 @@ def test_a_data_entry_of_the_wrong_shape_is_named_in_the_message() -> None:
             ck.check_data(value)
 
 
+def test_data_entry_bounds_fractions_from_0_and_counts_from_1() -> None:
+    """val and test are fractions in [0, 1): 0 (no split) is fine, 1 is not; samples and
+    classes are positive: 1 is fine."""
+    for key in ("val", "test"):
+        assert ck.check_data({**DATA, key: 0.0})[key] == 0.0
+        with pytest.raises(ValueError, match=f"data '{key}' must be a fraction in \\[0, 1\\)"):
+            ck.check_data({**DATA, key: 1.0})
+    for key in ("samples", "classes"):
+        assert ck.check_data({**DATA, key: 1})[key] == 1
+        with pytest.raises(ValueError, match=f"data '{key}' must be a positive integer"):
+            ck.check_data({**DATA, key: 0})
+
+
 def test_a_checkpoint_without_the_data_entry_still_loads(saved: pathlib.Path) -> None:
     assert "data" not in read_checkpoint(saved)[1]  # saved without data=, like older files
     assert ck.load_with_optimizer(saved, backend="numpy")[2]["data"] is None
