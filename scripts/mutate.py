@@ -79,7 +79,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "gpunn/math/conv_pool.py": ("tests/test_math_conv.py",),
     "gpunn/math/batchnorm.py": ("tests/test_math_conv.py",),
     "gpunn/math/flatten.py": ("tests/test_math_conv.py",),
-    "gpunn/checkpoint.py": ("tests/test_checkpoint.py",),
+    "gpunn/checkpoint.py": ("tests/test_checkpoint.py", "tests/test_conv_checkpoint.py"),
     "gpunn/training/loop.py": (
         "tests/test_training.py",
         "tests/test_validation.py",
