@@ -852,6 +852,19 @@ def test_the_data_entry_round_trips_and_is_covered_by_the_checksum(tmp_path: pat
     refuse(path, "metadata checksum mismatch")
 
 
+def test_the_same_content_gives_the_same_metadata_whatever_the_key_order(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Metadata JSON is written with sorted keys: the same extra entries in another order give
+    the same metadata strings and checksum (safetensors itself may order the header's entries
+    differently from file to file, so the bytes are not compared)."""
+    model = make_model()
+    a = ck.save(model, tmp_path / "a.st", extra={"b": 1, "a": {"y": 2, "x": 3}})
+    b = ck.save(model, tmp_path / "b.st", extra={"a": {"x": 3, "y": 2}, "b": 1})
+    assert read_checkpoint(a)[1] == read_checkpoint(b)[1]
+    assert read_checkpoint(a)[1]["extra"] == '{"a": {"x": 3, "y": 2}, "b": 1}'
+
+
 def test_a_data_entry_of_the_wrong_shape_is_named_in_the_message() -> None:
     """An object with other keys lists the keys it has; anything else is named by its type."""
     with pytest.raises(ValueError, match=r"got \['code', 'dataset'\]$"):
