@@ -528,6 +528,23 @@ def test_rng_states_are_skipped_for_generators_that_are_not_numpy_s() -> None:
     assert model.layers[0].rng is other and not vars(other)
 
 
+def test_only_dropout_layers_numpy_generators_are_saved() -> None:
+    """A Dropout layer drawing from another kind of generator has no state saved (no error);
+    another layer that happens to carry a NumPy generator is not a Dropout: not saved either."""
+
+    class OtherGenerator:
+        """Has no NumPy bit generator to read."""
+
+    model = gpunn.Sequential(
+        [gpunn.Dropout(0.5), gpunn.Dense(3, 2), gpunn.Dropout(0.5)], backend="numpy"
+    )
+    model.layers[0].rng = OtherGenerator()
+    model.layers[1].rng = np.random.default_rng(0)
+    states = ck._rng_states(model)
+    assert list(states) == ["2"]
+    assert states["2"] == model.layers[2].rng.bit_generator.state
+
+
 def test_bad_optimizer_hyperparams_are_refused(saved: pathlib.Path) -> None:
     opt = json.loads(read_checkpoint(saved)[1]["optimizer"])
     opt["hyperparams"]["lr"] = -1.0

@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 import gpunn
-from gpunn.training.progress import Progress, count, format_logs
+from gpunn.training.progress import EpochTable, Progress, count, format_logs
 
 LINE = re.compile(
     r"^epoch +(\d+)/(\d+)  loss +(\d+\.\d{4})  accuracy (\d\.\d{4})"
@@ -300,3 +300,13 @@ def test_plain_lines_are_flushed_as_each_epoch_ends(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(sys, "stdout", log)
     fit(verbose=1, epochs=2)
     assert [text.count("\n") for text in log.flushed if text] == [1, 2]
+
+
+def test_a_row_leaves_a_missing_metric_blank_and_adds_a_rate_only_where_the_table_has_one() -> None:
+    """A metric the table has but an epoch's logs lack is a blank cell of its width (the row
+    stays as wide as the header); the rate column is there only when the first epoch's logs
+    had it."""
+    table = EpochTable(3, {"loss": 1.0, "val_loss": 2.0})
+    cells = table.row(2, {"loss": 0.5, "samples_per_second": 10.0})
+    assert cells == table.row(2, {"loss": 0.5}) and "samples/s" not in cells
+    assert cells.endswith(" " * len("val_loss")) and len(cells) == len(table.header())
