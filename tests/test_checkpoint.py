@@ -779,6 +779,36 @@ def test_failed_write_removes_the_temp_file_and_keeps_the_old_one(
     assert temp_files(saved.parent) == []
 
 
+@pytest.mark.parametrize(
+    ("error", "errno"),
+    [
+        (OSError(28, "No space left on device"), 28),
+        (OSError("no errno"), None),
+        (KeyboardInterrupt(), None),
+    ],
+)
+def test_an_error_while_writing_names_the_users_path_or_passes_through(
+    saved: pathlib.Path, monkeypatch: pytest.MonkeyPatch, error: BaseException, errno: int | None
+) -> None:
+    """An OSError with an errno is raised again naming the user's path (not the temporary
+    file); one without an errno, and anything else (Ctrl-C), passes through unchanged. The
+    temporary file goes either way."""
+
+    def broken(*args: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(type(error)) as info:
+        ck.save(make_model(seed=9), saved)
+    monkeypatch.undo()
+    if errno is not None:
+        assert info.value is not error and info.value.errno == errno
+        assert info.value.filename == str(saved)
+    else:
+        assert info.value is error
+    assert temp_files(saved.parent) == []
+
+
 @pytest.mark.skipif(os.name != "posix", reason="POSIX directories can be fsync'ed")
 def test_the_directory_is_fsynced_after_the_rename(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
