@@ -310,3 +310,18 @@ def test_a_row_leaves_a_missing_metric_blank_and_adds_a_rate_only_where_the_tabl
     cells = table.row(2, {"loss": 0.5, "samples_per_second": 10.0})
     assert cells == table.row(2, {"loss": 0.5}) and "samples/s" not in cells
     assert cells.endswith(" " * len("val_loss")) and len(cells) == len(table.header())
+
+
+def test_the_epoch_table_is_printed_without_rich_s_number_highlighting() -> None:
+    """On a colour terminal the header is bold and the rows are plain text: rich's automatic
+    highlighting (numbers in colour) is off, so the columns read alike."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, color_system="standard", width=100)
+    logs = {"loss": 0.5, "accuracy": 0.75, "samples_per_second": 1000.0}
+    with Progress(1, 2, steps=1, samples=4, console=console) as progress:
+        progress.start_epoch(1)
+        progress.end_epoch(1, logs)
+    lines = [line for line in out.getvalue().splitlines() if "0.5000" in line]
+    assert len(lines) == 1 and "\x1b[" not in lines[0].replace("\x1b[2K", "")
+    header = next(line for line in out.getvalue().splitlines() if "accuracy" in line)
+    assert "\x1b[1m" in header and "\x1b[3" not in header  # bold, no colour
