@@ -386,6 +386,25 @@ def test_edited_metadata_without_resigning_fails_the_checksum(saved: pathlib.Pat
     refuse(saved, "metadata checksum mismatch")
 
 
+def test_read_info_refuses_an_unknown_layer_or_optimizer_kind(
+    saved: pathlib.Path,
+) -> None:
+    """read_info checks what it reports as load does: a layer kind or an optimizer kind that
+    load would refuse is refused here too, even with valid checksums."""
+    arch = json.loads(read_checkpoint(saved)[1]["architecture"])
+    good_arch = json.dumps(arch)
+    arch[1] = {"kind": "os.system", "config": {}}
+    rewrite(saved, meta={"architecture": json.dumps(arch)})
+    with pytest.raises(ValueError, match="unknown layer kind"):
+        ck.read_info(saved)
+    rewrite(saved, meta={"architecture": good_arch})
+    opt = json.loads(read_checkpoint(saved)[1]["optimizer"])
+    opt["kind"] = "os.system"
+    rewrite(saved, meta={"optimizer": json.dumps(opt)})
+    with pytest.raises(ValueError, match="unknown optimizer kind"):
+        ck.read_info(saved)
+
+
 @pytest.mark.parametrize("kind", ["os.system", "Layer", "Sequential", "__import__", "dense"])
 def test_unknown_layer_kind_is_refused(saved: pathlib.Path, kind: str) -> None:
     arch = json.loads(read_checkpoint(saved)[1]["architecture"])
