@@ -390,7 +390,8 @@ def test_read_info_refuses_an_unknown_layer_or_optimizer_kind(
     saved: pathlib.Path,
 ) -> None:
     """read_info checks what it reports as load does: a layer kind or an optimizer kind that
-    load would refuse is refused here too, even with valid checksums."""
+    load would refuse is refused here too, even with valid checksums; and so is an edit that
+    the checksum does not cover."""
     arch = json.loads(read_checkpoint(saved)[1]["architecture"])
     good_arch = json.dumps(arch)
     arch[1] = {"kind": "os.system", "config": {}}
@@ -402,6 +403,11 @@ def test_read_info_refuses_an_unknown_layer_or_optimizer_kind(
     opt["kind"] = "os.system"
     rewrite(saved, meta={"optimizer": json.dumps(opt)})
     with pytest.raises(ValueError, match="unknown optimizer kind"):
+        ck.read_info(saved)
+    opt["kind"] = "Adam"
+    opt["step"] += 1  # a valid entry, edited without re-signing: the checksum catches it
+    rewrite(saved, meta={"optimizer": json.dumps(opt)}, resign=False)
+    with pytest.raises(ValueError, match="metadata checksum mismatch"):
         ck.read_info(saved)
 
 
