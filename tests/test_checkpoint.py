@@ -411,6 +411,32 @@ def test_read_info_refuses_an_unknown_layer_or_optimizer_kind(
         ck.read_info(saved)
 
 
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[]", "'input_shape' must be null or positive sizes"),
+        ("[0]", "'input_shape' must be null or positive sizes"),
+        ("[6, -1]", "'input_shape' must be null or positive sizes"),
+        ("[2.5]", "'input_shape' must be null or positive sizes"),
+        ('"6"', "'input_shape' must be null or positive sizes"),
+        ("[6", "metadata 'input_shape' is not valid JSON"),
+    ],
+)
+def test_a_bad_input_shape_entry_is_refused(saved: pathlib.Path, text: str, match: str) -> None:
+    rewrite(saved, meta={"input_shape": text})
+    refuse(saved, match)
+
+
+@pytest.mark.parametrize(
+    ("text", "shape"), [("[1]", [1]), ("[3, 1, 2]", [3, 1, 2]), ("null", None)]
+)
+def test_input_shape_entries_of_positive_sizes_or_null_are_read(
+    saved: pathlib.Path, text: str, shape: list[int] | None
+) -> None:
+    rewrite(saved, meta={"input_shape": text})
+    assert ck.read_info(saved)["input_shape"] == shape
+
+
 @pytest.mark.parametrize("kind", ["os.system", "Layer", "Sequential", "__import__", "dense"])
 def test_unknown_layer_kind_is_refused(saved: pathlib.Path, kind: str) -> None:
     arch = json.loads(read_checkpoint(saved)[1]["architecture"])

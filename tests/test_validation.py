@@ -355,3 +355,11 @@ def test_wrong_binary_labels_are_listed_up_to_five_from_the_first_thousand() -> 
     late = np.concatenate([np.full(1000, 5.0), [2.0]])
     with pytest.raises(ValueError, match=r"1001 other value\(s\) such as 5$"):
         check_y(late, 1001, gpunn.BinaryCrossEntropy(), 1)
+
+
+def test_check_x_without_a_shape_wants_2d_by_default() -> None:
+    """With no sample shape known yet, X must be (N, features) unless another rank is given."""
+    assert check_x(np.zeros((3, 4)), None).shape == (3, 4)
+    with pytest.raises(ValueError, match="2-D"):
+        check_x(np.zeros((3, 4, 5)), None)
+    assert check_x(np.zeros((3, 4, 5)), None, rank=2).shape == (3, 4, 5)
