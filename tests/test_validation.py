@@ -363,3 +363,11 @@ def test_check_x_without_a_shape_wants_2d_by_default() -> None:
     with pytest.raises(ValueError, match="2-D"):
         check_x(np.zeros((3, 4, 5)), None)
     assert check_x(np.zeros((3, 4, 5)), None, rank=2).shape == (3, 4, 5)
+
+
+def test_check_x_names_a_sample_shape_that_differs_from_the_model_s() -> None:
+    with pytest.raises(
+        ValueError, match=r"X has samples of shape \(1, 4, 4\), the model expects \(1, 5, 5\)"
+    ):
+        check_x(np.zeros((3, 1, 4, 4)), (1, 5, 5))
+    assert check_x(np.zeros((3, 1, 5, 5)), (1, 5, 5)).shape == (3, 1, 5, 5)
