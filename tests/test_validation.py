@@ -371,3 +371,56 @@ def test_check_x_names_a_sample_shape_that_differs_from_the_model_s() -> None:
     ):
         check_x(np.zeros((3, 1, 4, 4)), (1, 5, 5))
     assert check_x(np.zeros((3, 1, 5, 5)), (1, 5, 5)).shape == (3, 1, 5, 5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "X", "rank", "message"),
+    [
+        (
+            None,
+            np.zeros(3),
+            None,
+            r"^X must have a sample axis and at least one more, found shape \(3,\)$",
+        ),
+        (
+            (4,),
+            np.zeros((3, 2, 2)),
+            1,
+            r"^X must be 2-D \(samples, features\), found shape \(3, 2, 2\)$",
+        ),
+        (
+            (1, 2, 2),
+            np.zeros((3, 4)),
+            3,
+            r"^X must be 4-D \(samples, channels, height, width\), found shape \(3, 4\): "
+            r"reshape it with X\.reshape\(-1, 1, 2, 2\)$",
+        ),
+        (
+            (1, 2, 2),
+            np.zeros((3, 5)),
+            3,
+            r"^X must be 4-D \(samples, channels, height, width\), found shape \(3, 5\)$",
+        ),
+        (
+            (2, 2),
+            np.zeros((3, 2, 2, 1)),
+            2,
+            r"^X must be 3-D \(samples, 2 axes\), found shape \(3, 2, 2, 1\)$",
+        ),
+        (
+            None,
+            np.zeros((3, 4)),
+            3,
+            r"^X must be 4-D \(samples, channels, height, width\), found shape \(3, 4\)$",
+        ),
+    ],
+)
+def test_check_x_says_which_axes_a_sample_needs(
+    shape: tuple[int, ...] | None, X: np.ndarray, rank: int | None, message: str
+) -> None:
+    """The message names the axes wanted, and offers the reshape when a flat X holds exactly
+    the model's sample size."""
+    with pytest.raises(ValueError, match=message):
+        check_x(X, shape, rank=rank)
+    if rank is None:
+        assert check_x(np.zeros((3, 1)), None, rank=None).shape == (3, 1)  # 2-D is enough
