@@ -963,6 +963,22 @@ def test_the_same_content_gives_the_same_metadata_whatever_the_key_order(
     assert read_checkpoint(a)[1]["extra"] == '{"a": {"x": 3, "y": 2}, "b": 1}'
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("val", "0.1", "'val' must be float, got '0.1'"),
+        ("val", True, "'val' must be float, got True"),
+        ("file", 5, "'file' must be str or null"),
+        ("task", ["classification"], "'task' must be str"),
+    ],
+)
+def test_data_entry_values_of_the_wrong_json_type_are_refused(
+    key: str, value: Any, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        ck.check_data({**DATA, key: value})
+
+
 def test_a_data_entry_of_the_wrong_shape_is_named_in_the_message() -> None:
     """An object with other keys lists the keys it has; anything else is named by its type."""
     with pytest.raises(ValueError, match=r"got \['code', 'dataset'\]$"):
