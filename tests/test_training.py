@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -924,3 +925,28 @@ def test_fit_with_dropout_learns() -> None:
     assert all(math.isfinite(v) for v in history["loss"])
     assert after["loss"] < 0.5 * before["loss"]
     assert after["accuracy"] > 0.85
+
+
+def test_fit_defaults_are_10_epochs_of_batches_of_64_with_progress_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """fit's documented defaults: 10 epochs, batches of 64 rows (130 rows: 64, 64, 2), and one
+    progress line per epoch (verbose=1; stdout is not a terminal here)."""
+    batches: list[int] = []
+
+    class Count(Callback):
+        def on_batch_begin(self, batch: int) -> None:
+            batches.append(batch)
+
+    X, y = make_data(130)
+    training.fit(
+        make_model(),
+        X,
+        y,
+        loss=gpunn.SoftmaxCrossEntropy(),
+        optimizer=gpunn.SGD(0.1),
+        callbacks=[Count()],
+    )
+    assert batches == [0, 1, 2] * 10
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10 and all(re.match(rf"epoch +{e}/10 ", x) for e, x in enumerate(lines, 1))
