@@ -169,7 +169,7 @@ JSON_KEYS = (
     "optimizer",
     "rng",
 )
-MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header, in bytes
 
 
 # --------------------------------------------------------------------------------------------

@@ -371,7 +371,8 @@ class Sequential:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Copy parameters and state in (host or device arrays); every key and shape must match.
 
-        A dict of parameters alone is accepted for a model without state.
+        A dict of parameters alone is accepted for a model without state. Everything is checked
+        before anything is copied: a refused state leaves the model as it was.
         """
         targets = {**self.params, **self.state}
         if set(state) != set(targets):

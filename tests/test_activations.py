@@ -117,6 +117,26 @@ def test_softmax_is_stable_for_large_logits(backend, dtype):
     np.testing.assert_allclose(a[1], [1 / (2 + q), q / (2 + q), 1 / (2 + q)], rtol=tol)
 
 
+def test_softmax_normalises_each_row_of_a_stack_over_the_last_axis() -> None:
+    """A (B, N, C) stack is B * N rows, each shifted by its own maximum: rows whose large logit
+    sits in different columns get one-hot probabilities (a shift by a maximum over any other
+    axis would not be one constant per row, and would give these rows 1/2 in a second place)."""
+    z = np.zeros((2, 2, 3))
+    z[0, 0, 0] = z[0, 1, 1] = z[1, 0, 2] = z[1, 1, 0] = 1000.0
+    with np.errstate(over="raise", invalid="raise"):
+        a = softmax_forward(z, xp=np)
+    np.testing.assert_array_equal(a, np.where(z > 0, 1.0, 0.0))
+
+
+def test_softmax_backward_of_a_stack_is_that_of_each_row() -> None:
+    """The backward of a (B, N, C) stack equals the backward of its B * N rows as (B N, C)."""
+    rng = np.random.default_rng(3)
+    a = softmax_forward(rng.standard_normal((2, 3, 4)), xp=np)
+    da = rng.standard_normal((2, 3, 4))
+    rows = softmax_backward(da.reshape(6, 4), a.reshape(6, 4), xp=np)
+    np.testing.assert_allclose(softmax_backward(da, a, xp=np), rows.reshape(2, 3, 4), rtol=1e-14)
+
+
 def test_softmax_into_out(backend):
     z = backend.asarray(np.random.default_rng(5).standard_normal((4, 3)))
     out = backend.xp.empty_like(z)

@@ -312,6 +312,18 @@ def test_device_number_out_of_range_raises(monkeypatch):
     assert gpunn.get_backend("cupy:0").device == 0
 
 
+@pytest.mark.parametrize("count", [1, 2])
+def test_device_number_equal_to_the_count_is_out_of_range(monkeypatch, count):
+    """Devices are numbered 0..count-1: "cupy:<count>" names no device."""
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy(count=count))
+    with pytest.raises(
+        gpunn.BackendUnavailableError,
+        match=rf"no CUDA device {count} \(this machine has {count}: 0\.\.{count - 1}\)",
+    ):
+        gpunn.get_backend(f"cupy:{count}")
+    assert gpunn.get_backend(f"cupy:{count - 1}").device == count - 1
+
+
 def test_available_backends_lists_every_usable_device(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy(count=2))
     statuses = gpunn.available_backends()

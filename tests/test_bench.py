@@ -126,6 +126,21 @@ def test_block_size_makes_a_repeat_last_min_block_s() -> None:
     assert time_call(log.work, log.sync, policy, clock=log.clock).calls == 100
 
 
+@pytest.mark.parametrize(
+    ("calls", "seconds", "warmups"), [(4, 0.0, 4), (2, 0.0095, 10), (1, 0.002, 2)]
+)
+def test_warm_up_runs_at_least_warmup_calls_for_at_least_warmup_s(
+    calls: int, seconds: float, warmups: int
+) -> None:
+    """Warm-up ends once both minimums are met, and sizes the block from the mean time of
+    *all* its calls (each 1 ms here, plus 1 us per clock read)."""
+    log = EventLog(step=1e-3)
+    policy = Policy(warmup_calls=calls, warmup_s=seconds, min_repeats=3, min_block_s=0.01)
+    t = time_call(log.work, log.sync, policy, clock=log.clock)
+    assert log.events.count("work") - t.repeats * t.calls == warmups
+    assert t.calls == 10  # ceil(0.01 / 1.001e-3)
+
+
 def test_groups_take_turns_with_a_settle_pause() -> None:
     log = EventLog()
     pauses: list[float] = []
@@ -194,6 +209,46 @@ def test_harness_times_through_the_backends_synchronize() -> None:
     assert_every_clock_read_follows_a_sync(log.events)
     assert row["engine"] == "gpunn" and row["device"] == "numpy"
     assert row["limit_fraction"] == pytest.approx(row["gemm_s"] / row["train_s"])
+
+
+def test_limit_fractions_and_torch_ratios_follow_their_definitions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With made-up timings whose medians and minimums all differ, each derived figure is the
+    documented quotient: limit_fraction = gemm_s / train_s, its best-case form from the
+    fastest repeats, and the torch ratios as gpunn's speed over torch's (torch time / ours)."""
+    from gpunn.bench import harness
+    from gpunn.bench.timing import Timing
+
+    times = {  # name: (median_s, min_s)
+        "train": (4e-3, 3e-3),
+        "infer": (1e-3, 0.5e-3),
+        "gemm": (1e-3, 0.9e-3),
+        "torch_train": (6e-3, 2.4e-3),
+        "torch_infer": (3e-3, 1e-3),
+    }
+
+    def fake_time_interleaved(entries: list[Timed], policy: Policy, **kwargs: object) -> dict:
+        return {t.name: Timing(*times[t.name], times[t.name][0], 7, 1, 0.01, True) for t in entries}
+
+    monkeypatch.setattr(harness, "time_interleaved", fake_time_interleaved)
+    torch = pytest.importorskip("torch") if torch_or_none() == "torch" else None
+    from gpunn import get_backend
+
+    cfg = SweepConfig(backends=[get_backend("numpy")], models=[(6, 5, 3)], torch=torch)
+    rows = measure_point((6, 5, 3), 8, get_backend("numpy"), cfg)
+    row = rows[0]
+    assert row["limit_fraction"] == pytest.approx(1e-3 / 4e-3)
+    assert row["limit_fraction_best"] == pytest.approx(0.9e-3 / 3e-3)
+    assert row["train_samples_per_s"] == pytest.approx(8 / 4e-3)
+    if torch is None:
+        return
+    assert row["vs_torch_train"] == pytest.approx(6e-3 / 4e-3)
+    assert row["vs_torch_train_best"] == pytest.approx(2.4e-3 / 3e-3)
+    assert row["vs_torch_infer"] == pytest.approx(3e-3 / 1e-3)
+    assert rows[1]["engine"] == "torch" and rows[1]["train_samples_per_s"] == pytest.approx(
+        8 / 6e-3
+    )
 
 
 class FakePool:
@@ -462,6 +517,19 @@ def test_crossover_never_and_always() -> None:
     assert (never.batch, never.estimate, never.gpu_always_faster) == (None, None, False)
     always = crossover(cpu, {b: 20.0 for b in GRID})
     assert (always.batch, always.gpu_always_faster) == (1, True)
+
+
+def test_a_tie_is_not_a_win() -> None:
+    """Equal speed is not "faster": the crossover is the first batch size from which the GPU
+    is strictly faster for good; a tie at the largest batch size means it never overtakes."""
+    cpu = {b: 100.0 for b in GRID}
+    tie_then_win = crossover(cpu, {1: 50.0, 4: 100.0, 16: 200.0, 64: 400.0})
+    assert tie_then_win.batch == 16 and not tie_then_win.gpu_always_faster
+    assert tie_then_win.estimate == pytest.approx(4.0)  # the ratio reaches 1 at 4 exactly
+    tie_first = crossover(cpu, {1: 100.0, 4: 200.0})
+    assert (tie_first.batch, tie_first.gpu_always_faster) == (4, False)
+    tie_last = crossover(cpu, {1: 50.0, 4: 200.0, 16: 100.0})
+    assert (tie_last.batch, tie_last.estimate) == (None, None)
 
 
 def test_crossover_against_a_baseline_on_another_grid() -> None:

@@ -12,7 +12,14 @@ import pytest
 
 import gpunn
 from gpunn.errors import NonFiniteLossError
-from gpunn.training.callbacks import Callback, CosineLR, EarlyStopping, ModelCheckpoint, StepLR
+from gpunn.training.callbacks import (
+    Callback,
+    CosineLR,
+    EarlyStopping,
+    LearningRateSchedule,
+    ModelCheckpoint,
+    StepLR,
+)
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -170,6 +177,93 @@ def test_early_stopping_min_delta_and_mode() -> None:
     assert drive(EarlyStopping("loss", patience=0, mode="max"), [0.5, 0.6, 0.55], "loss") == 3
 
 
+def test_a_reused_early_stopping_forgets_the_previous_run() -> None:
+    """One EarlyStopping object given to a second fit starts from scratch: the best value,
+    the wait and the best weights of the first run do not carry over."""
+    stopper = EarlyStopping(patience=1)
+    assert drive(stopper, [1.0, 0.1, 0.2, 0.3]) == 3
+    assert drive(stopper, [0.8, 0.7, 0.6, 0.5]) is None  # improving: never stops
+    assert stopper.best_epoch == 4 and stopper.tracker.best == 0.5 and stopper.wait == 0
+    accuracy = EarlyStopping("val_accuracy", patience=0)
+    assert drive(accuracy, [0.5, 0.99, 0.9], "val_accuracy") == 3
+    assert drive(accuracy, [0.2, 0.3], "val_accuracy") is None
+
+
+def test_a_reused_early_stopping_keeps_nothing_of_the_previous_run_s_patience_or_weights() -> None:
+    """A run whose monitored value never improves (here NaN) must not count the previous run's
+    waiting epochs, nor restore the previous run's best weights at its end."""
+    stopper = EarlyStopping(patience=2)
+    assert drive(stopper, [1.0, 0.5, 0.6]) is None  # ends waiting 1 epoch, best weights kept
+    model = small_model()
+    model.flat_params[...] = 7.0
+    stopper.set_context(
+        {"model": model, "optimizer": None, "loss": None, "history": None, "steps_per_epoch": 1}
+    )
+    model.stop_training = False
+    stopper.on_train_begin()
+    stopper.on_epoch_end(1, {"val_loss": math.nan})
+    assert not model.stop_training and stopper.wait == 1
+    assert (stopper.best_epoch, stopper.stopped_epoch, stopper.best_weights) == (0, 0, None)
+    stopper.on_train_end()
+    assert np.all(host(model) == 7.0)
+
+
+def test_a_reused_early_stopping_restores_this_run_s_best_weights() -> None:
+    stopper = EarlyStopping(monitor="val_loss", patience=2, restore_best=True)
+    fit_overfitting([stopper], epochs=20)
+    recorder = Recorder()
+    model, history = fit_overfitting([recorder, stopper], epochs=20)
+    best = int(np.argmin(history["val_loss"])) + 1
+    assert stopper.best_epoch == best
+    np.testing.assert_array_equal(host(model), recorder.weights[best])
+
+
+def test_an_equal_value_is_not_an_improvement_and_min_delta_counts_both_ways() -> None:
+    assert drive(EarlyStopping(patience=1), [1.0, 0.5, 0.5]) == 3
+    assert drive(EarlyStopping("val_accuracy", patience=1), [0.5, 0.5], "val_accuracy") == 2
+    # in max mode an improvement must exceed the best by more than min_delta, too
+    acc = EarlyStopping("val_accuracy", patience=1, min_delta=0.1)
+    assert drive(acc, [0.5, 0.55, 0.58], "val_accuracy") == 2
+    assert drive(acc, [0.5, 0.61, 0.75], "val_accuracy") is None
+    assert drive(EarlyStopping(patience=1, min_delta=0.1), [1.0, 0.9, 0.85]) == 2
+
+
+def test_early_stopping_defaults_wait_5_epochs_and_restore_the_best_weights() -> None:
+    stopper = EarlyStopping()
+    assert drive(stopper, [1.0, 0.5] + [0.9] * 10) == 2 + 5
+    assert stopper.restore_best and stopper.best_weights is not None
+    assert (stopper.best_epoch, stopper.stopped_epoch) == (2, 7)
+    assert drive(stopper, [1.0, 0.9]) is None
+    assert (stopper.best_epoch, stopper.stopped_epoch, stopper.wait) == (2, 0, 0)
+
+
+def test_a_callback_sees_the_loss_and_the_history_being_written() -> None:
+    seen: list[tuple[Any, list[int]]] = []
+
+    class Look(Callback):
+        def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+            seen.append((self.loss, list(self.history.epoch)))
+
+    loss = gpunn.SoftmaxCrossEntropy()
+    X, y = xor_data(12, 0)
+    history = small_model().fit(
+        X, y, loss=loss, optimizer=gpunn.SGD(0.1), epochs=2, callbacks=[Look()], verbose=0
+    )
+    assert seen == [(loss, [1]), (loss, [1, 2])]  # each epoch is recorded before the hook
+    assert history.epoch == [1, 2]
+
+
+def test_schedule_defaults_and_the_abstract_schedule() -> None:
+    lrs, _ = lrs_of(StepLR(step_size=1), epochs=3, n=4, batch_size=4)
+    assert lrs == pytest.approx([0.1, 0.01, 0.001], rel=1e-12)  # gamma 0.1
+    lrs, _ = lrs_of(CosineLR(epochs=2), epochs=2, n=4, batch_size=4)
+    assert lrs == pytest.approx([0.1, 0.05], rel=1e-12)  # no warm-up: starts at the base lr
+    lrs, _ = lrs_of(CosineLR(epochs=1), epochs=1, n=4, batch_size=4)  # one epoch is allowed
+    assert lrs == pytest.approx([0.1], rel=1e-12)
+    with pytest.raises(NotImplementedError):
+        lrs_of(LearningRateSchedule(), epochs=1, n=4, batch_size=4)
+
+
 @pytest.mark.parametrize(
     "make",
     [
@@ -180,6 +274,8 @@ def test_early_stopping_min_delta_and_mode() -> None:
         lambda: StepLR(0),
         lambda: StepLR(1.5),
         lambda: CosineLR(0),
+        lambda: CosineLR(2.5),
+        lambda: CosineLR(-1),
         lambda: CosineLR(4, warmup_epochs=4),
         lambda: CosineLR(4, warmup_epochs=-1),
     ],
@@ -422,6 +518,13 @@ def test_cosine_lr_warms_up_then_decays() -> None:
     assert all(a < b for a, b in zip(lrs[:4], lrs[1:4], strict=False))  # rising warm-up
     assert all(a > b for a, b in zip(lrs[4:], lrs[5:], strict=False))  # falling after
     assert min(lrs) > 0.01
+
+
+def test_cosine_lr_warm_up_of_two_epochs_rises_over_both() -> None:
+    lrs, _ = lrs_of(CosineLR(epochs=4, warmup_epochs=2), epochs=4, n=8, batch_size=4)
+    assert lrs[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1], rel=1e-12)  # 2 batches an epoch
+    expected = [cosine_reference(i / 2, 0.1, 2.0, 4, 0.0, 2) for i in range(8)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
 
 
 def test_cosine_lr_without_warmup_and_past_its_end() -> None:

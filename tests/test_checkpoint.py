@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import pathlib
 import pickle
+import stat
 import subprocess
 import sys
 import textwrap
@@ -191,6 +193,16 @@ OPTIMIZERS = {
 }
 
 
+def test_tensor_digest_is_defined_on_little_endian_bytes() -> None:
+    """The checksum is over little-endian bytes, whatever the byte order in memory: the same
+    numbers held big-endian give the same digest (and other numbers another one)."""
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    big = a.astype(a.dtype.newbyteorder(">"))
+    assert big.tobytes() != a.tobytes()
+    assert ck.tensor_digest({"x": big}) == ck.tensor_digest({"x": a})
+    assert ck.tensor_digest({"x": a[::-1]}) != ck.tensor_digest({"x": a})
+
+
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_optimizer_round_trip(tmp_path: pathlib.Path, name: str) -> None:
     model, opt = make_model(), OPTIMIZERS[name]()
@@ -291,6 +303,45 @@ def test_truncated_files_are_refused(saved: pathlib.Path) -> None:
         refuse(saved, "empty|truncated|not a safetensors|not a gpunn")
 
 
+def test_each_kind_of_truncation_gets_its_own_message(saved: pathlib.Path) -> None:
+    """Cut at each place, the file is refused by the first check that can see the damage."""
+    data_bytes = saved.read_bytes()
+    n = int.from_bytes(data_bytes[:8], "little")
+    expected = {
+        0: "the file is empty",
+        1: "truncated: 1 bytes, too short for a safetensors header",
+        7: "truncated: 7 bytes, too short",
+        8: f"not a safetensors file or truncated: header length {n}, file size 8$",
+        9: f"header length {n}, file size 9$",
+        8 + n - 1: f"header length {n}, file size {8 + n - 1}$",
+        8 + n: "not a valid safetensors file",  # the header is whole, the tensors are cut
+        len(data_bytes) - 1: "not a valid safetensors file",
+    }
+    for cut, message in expected.items():
+        saved.write_bytes(data_bytes[:cut])
+        refuse(saved, message)
+
+
+def test_a_header_that_is_not_json_or_has_non_string_metadata_is_refused(
+    saved: pathlib.Path,
+) -> None:
+    data_bytes = saved.read_bytes()
+    n = int.from_bytes(data_bytes[:8], "little")
+    header, body = json.loads(data_bytes[8 : 8 + n]), data_bytes[8 + n :]
+
+    def write(text: bytes) -> None:
+        saved.write_bytes(len(text).to_bytes(8, "little") + text + body)
+
+    write(b"{" + b" " * (n - 1))
+    refuse(saved, "not a safetensors file: unreadable header")
+    write(b"\xff" * n)
+    refuse(saved, "not a safetensors file: unreadable header")
+    for value in (1, None, ["1"]):
+        header["__metadata__"]["format_version"] = value
+        write(json.dumps(header).encode())
+        refuse(saved, "metadata values must be strings")
+
+
 def test_trailing_bytes_are_refused(saved: pathlib.Path) -> None:
     saved.write_bytes(saved.read_bytes() + b"\0\0\0\0")
     refuse(saved, "not a valid safetensors file")
@@ -335,6 +386,57 @@ def test_edited_metadata_without_resigning_fails_the_checksum(saved: pathlib.Pat
     refuse(saved, "metadata checksum mismatch")
 
 
+def test_read_info_refuses_an_unknown_layer_or_optimizer_kind(
+    saved: pathlib.Path,
+) -> None:
+    """read_info checks what it reports as load does: a layer kind or an optimizer kind that
+    load would refuse is refused here too, even with valid checksums; and so is an edit that
+    the checksum does not cover."""
+    arch = json.loads(read_checkpoint(saved)[1]["architecture"])
+    good_arch = json.dumps(arch)
+    arch[1] = {"kind": "os.system", "config": {}}
+    rewrite(saved, meta={"architecture": json.dumps(arch)})
+    with pytest.raises(ValueError, match="unknown layer kind"):
+        ck.read_info(saved)
+    rewrite(saved, meta={"architecture": good_arch})
+    opt = json.loads(read_checkpoint(saved)[1]["optimizer"])
+    opt["kind"] = "os.system"
+    rewrite(saved, meta={"optimizer": json.dumps(opt)})
+    with pytest.raises(ValueError, match="unknown optimizer kind"):
+        ck.read_info(saved)
+    opt["kind"] = "Adam"
+    opt["step"] += 1  # a valid entry, edited without re-signing: the checksum catches it
+    rewrite(saved, meta={"optimizer": json.dumps(opt)}, resign=False)
+    with pytest.raises(ValueError, match="metadata checksum mismatch"):
+        ck.read_info(saved)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[]", "'input_shape' must be null or positive sizes"),
+        ("[0]", "'input_shape' must be null or positive sizes"),
+        ("[6, -1]", "'input_shape' must be null or positive sizes"),
+        ("[2.5]", "'input_shape' must be null or positive sizes"),
+        ('"6"', "'input_shape' must be null or positive sizes"),
+        ("[6", "metadata 'input_shape' is not valid JSON"),
+    ],
+)
+def test_a_bad_input_shape_entry_is_refused(saved: pathlib.Path, text: str, match: str) -> None:
+    rewrite(saved, meta={"input_shape": text})
+    refuse(saved, match)
+
+
+@pytest.mark.parametrize(
+    ("text", "shape"), [("[1]", [1]), ("[3, 1, 2]", [3, 1, 2]), ("null", None)]
+)
+def test_input_shape_entries_of_positive_sizes_or_null_are_read(
+    saved: pathlib.Path, text: str, shape: list[int] | None
+) -> None:
+    rewrite(saved, meta={"input_shape": text})
+    assert ck.read_info(saved)["input_shape"] == shape
+
+
 @pytest.mark.parametrize("kind", ["os.system", "Layer", "Sequential", "__import__", "dense"])
 def test_unknown_layer_kind_is_refused(saved: pathlib.Path, kind: str) -> None:
     arch = json.loads(read_checkpoint(saved)[1]["architecture"])
@@ -348,6 +450,31 @@ def test_invalid_layer_config_is_refused(saved: pathlib.Path) -> None:
     arch[0]["config"]["evil"] = 1
     rewrite(saved, meta={"architecture": json.dumps(arch)})
     refuse(saved, r"layer 0 \(Dense\) has an invalid config")
+    for config in ([6, 16], "6,16", None):
+        arch[0]["config"] = config
+        rewrite(saved, meta={"architecture": json.dumps(arch)})
+        refuse(saved, r"layer 0 \(Dense\) config must be a JSON object")
+
+
+@pytest.mark.parametrize("where", [0, 1, 2])
+def test_rng_states_are_keyed_by_the_index_of_their_dropout_layer(
+    tmp_path: pathlib.Path, where: int
+) -> None:
+    """A Dropout layer at any index (0 included) gets its generator back; a key that is not
+    the index of a Dropout layer of this model (past the end, negative, not a number) is
+    refused, whatever layer happens to sit at the index a bad key might be read as."""
+    layers: list[gpunn.Layer] = [gpunn.Dense(4, 4), gpunn.Dense(4, 4)]
+    layers.insert(where, gpunn.Dropout(0.5))
+    model = gpunn.Sequential(layers, backend="numpy", seed=1)
+    x = np.ones((3, 4))
+    model.forward(x)  # the generator moves on from its seeded start
+    path = ck.save(model, tmp_path / "m.safetensors")
+    loaded = ck.load(path, backend="numpy")
+    assert same_bits(loaded.forward(x), model.forward(x))  # the next mask is the same one
+    state = json.loads(read_checkpoint(path)[1]["rng"])[str(where)]
+    for key in ("3", "-1", "x", "1.0", f" {where}"):
+        rewrite(path, meta={"rng": json.dumps({key: state})})
+        refuse(path, f"rng state for layer {key!r}, which is not a Dropout layer")
 
 
 @pytest.mark.parametrize(
@@ -402,6 +529,73 @@ def test_unknown_optimizer_kind_is_refused(saved: pathlib.Path) -> None:
     refuse(saved, "unknown optimizer kind")
 
 
+@pytest.mark.parametrize(
+    ("entry", "match"),
+    [
+        ([], r"'optimizer' must be null or \{kind, hyperparams, step\}"),
+        ({"kind": "Adam", "step": 2}, r"'optimizer' must be null or \{kind, hyperparams, step\}"),
+        ({"kind": "Adam", "hyperparams": [], "step": 2}, "hyperparams must be a JSON object"),
+        ({"kind": "Adam", "hyperparams": "lr=1", "step": 2}, "hyperparams must be a JSON object"),
+    ],
+    ids=["a-list", "no-hyperparams", "hyperparams-list", "hyperparams-string"],
+)
+def test_malformed_optimizer_metadata_is_refused(
+    saved: pathlib.Path, entry: Any, match: str
+) -> None:
+    rewrite(saved, meta={"optimizer": json.dumps(entry)})
+    refuse(saved, match)
+
+
+def test_an_optimizer_that_has_stepped_once_needs_all_its_state(tmp_path: pathlib.Path) -> None:
+    """After one step the moments exist: a file without them is incomplete, not "fresh"."""
+    model, opt = make_model(), gpunn.Adam(lr=1e-2)
+    train(model, opt, range(1))
+    path = ck.save(model, tmp_path / "one-step.safetensors", opt)
+    assert ck.load_with_optimizer(path, backend="numpy")[1].step_count == 1
+    rewrite(path, tensors={"optim/exp_avg_sq": None})
+    refuse(path, r"Adam state tensors \['exp_avg'\] do not match .* after 1 steps")
+
+
+def test_rng_state_entries_must_be_objects_and_fit_the_generator(saved: pathlib.Path) -> None:
+    _, meta = read_checkpoint(saved)
+    state = json.loads(meta["rng"])["3"]
+    rewrite(saved, meta={"rng": json.dumps({"3": [state]})})
+    refuse(saved, "rng state for layer 3 must be a JSON object")
+    rewrite(saved, meta={"rng": json.dumps({"3": state | {"bit_generator": "MT19937"}})})
+    refuse(saved, "invalid rng state for layer 3")
+
+
+def test_rng_states_are_skipped_for_generators_that_are_not_numpy_s() -> None:
+    """Masks drawn on CuPy are not portable: a NumPy state saved for a Dropout layer is not
+    forced onto another kind of generator (the CuPy one, here a stand-in)."""
+
+    class OtherGenerator:
+        """Has no NumPy bit generator to set."""
+
+    model = gpunn.Sequential([gpunn.Dropout(0.5), gpunn.Dense(3, 2)], backend="numpy")
+    state = model.layers[0].rng.bit_generator.state
+    other = model.layers[0].rng = OtherGenerator()
+    ck._Reader(pathlib.Path("m.safetensors")).restore_rng(model, {"0": state})
+    assert model.layers[0].rng is other and not vars(other)
+
+
+def test_only_dropout_layers_numpy_generators_are_saved() -> None:
+    """A Dropout layer drawing from another kind of generator has no state saved (no error);
+    another layer that happens to carry a NumPy generator is not a Dropout: not saved either."""
+
+    class OtherGenerator:
+        """Has no NumPy bit generator to read."""
+
+    model = gpunn.Sequential(
+        [gpunn.Dropout(0.5), gpunn.Dense(3, 2), gpunn.Dropout(0.5)], backend="numpy"
+    )
+    model.layers[0].rng = OtherGenerator()
+    model.layers[1].rng = np.random.default_rng(0)
+    states = ck._rng_states(model)
+    assert list(states) == ["2"]
+    assert states["2"] == model.layers[2].rng.bit_generator.state
+
+
 def test_bad_optimizer_hyperparams_are_refused(saved: pathlib.Path) -> None:
     opt = json.loads(read_checkpoint(saved)[1]["optimizer"])
     opt["hyperparams"]["lr"] = -1.0
@@ -439,6 +633,68 @@ def test_missing_or_extra_tensors_are_refused(
 ) -> None:
     rewrite(saved, tensors=changes)
     refuse(saved, match)
+
+
+@pytest.mark.parametrize("name", ["exp_avg", "exp_avg_sq"])
+def test_optimizer_state_of_another_dtype_is_refused(saved: pathlib.Path, name: str) -> None:
+    """float64 Adam state for a float32 model would silently change the update's precision
+    (and break a bitwise resume): refused like a parameter of the wrong dtype."""
+    tensors, _ = read_checkpoint(saved)
+    rewrite(saved, tensors={f"optim/{name}": tensors[f"optim/{name}"].astype(np.float64)})
+    refuse(saved, rf"optim/{name} is float64 \(\d+,\), the model needs float32")
+
+
+def test_a_header_longer_than_the_limit_is_refused_before_it_is_parsed(
+    saved: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The declared header length is bounded (MAX_HEADER, safetensors' own limit) before any
+    of it is read, so a file cannot make the loader parse an arbitrarily large header."""
+    length = int.from_bytes(saved.read_bytes()[:8], "little")
+    monkeypatch.setattr(ck, "MAX_HEADER", length - 1)
+    refuse(saved, f"header length {length}")
+    monkeypatch.setattr(ck, "MAX_HEADER", length)
+    ck.load_with_optimizer(saved, backend="numpy")  # at the limit: read as usual
+
+
+def test_a_header_over_safetensors_limit_is_refused_by_its_length_alone(
+    tmp_path: pathlib.Path,
+) -> None:
+    """MAX_HEADER is safetensors' own bound (100,000,000 bytes): a header one byte longer is
+    refused from the 8-byte length field, before anything of it is parsed."""
+    path = tmp_path / "huge.safetensors"
+
+    def huge(n: int) -> None:  # a header of n zero bytes (not JSON), and 8 bytes of data
+        with open(path, "wb") as f:
+            f.write(n.to_bytes(8, "little"))
+            f.truncate(8 + n + 8)  # sparse: no disk space used
+
+    huge(ck.MAX_HEADER)  # at the bound safetensors reads the header (and finds no JSON)
+    with pytest.raises(safetensors.SafetensorError, match="invalid JSON in header"):
+        safetensors.numpy.load(path.read_bytes())
+    n = ck.MAX_HEADER + 1
+    huge(n)
+    with pytest.raises(safetensors.SafetensorError, match="header too large"):
+        safetensors.numpy.load(path.read_bytes())
+    refuse(path, f"header length {n}, file size {8 + n + 8}")
+
+
+def test_an_architecture_whose_widths_do_not_chain_is_refused(saved: pathlib.Path) -> None:
+    """Each Dense layer's tensors match its own config, but the second expects 12 inputs where
+    the first gives 16: the model cannot be built, and loading says so."""
+    arch = [
+        {"kind": "Dense", "config": {"in_features": 6, "out_features": 16, "init": None}},
+        {"kind": "Dense", "config": {"in_features": 12, "out_features": 3, "init": None}},
+    ]
+    tensors, _ = read_checkpoint(saved)
+    changes: dict[str, np.ndarray | None] = {name: None for name in tensors}
+    changes |= {
+        "model/0.W": np.zeros((6, 16), np.float32),
+        "model/0.b": np.zeros(16, np.float32),
+        "model/1.W": np.zeros((12, 3), np.float32),
+        "model/1.b": np.zeros(3, np.float32),
+    }
+    rewrite(saved, meta={"architecture": json.dumps(arch), "optimizer": "null"}, tensors=changes)
+    refuse(saved, "cannot build the model: layer 1 .* expects 12 inputs but gets 16")
 
 
 def test_optimizer_tensors_without_optimizer_metadata_are_refused(saved: pathlib.Path) -> None:
@@ -501,14 +757,41 @@ def test_non_finite_weights_are_refused_and_the_old_file_kept(
     train(model, opt, range(2))
     if where == "param":
         model.params["2.W"][1, 1] = np.nan
+        model.params["2.W"][0, 3] = -np.inf
+        what = r"parameter 2.W has 2 non-finite value"
     else:
         opt.state["exp_avg_sq"][0] = np.inf
+        what = r"optimizer state exp_avg_sq has 1 non-finite value"
 
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match=what):
         ck.save(model, saved, opt)
 
     assert saved.read_bytes() == before
     assert temp_files(saved.parent) == []
+
+
+@pytest.mark.parametrize("value", [1.5, True, "3", 2.0])
+@pytest.mark.parametrize("name", ["epoch", "step"])
+def test_epoch_and_step_must_be_ints(saved: pathlib.Path, name: str, value: Any) -> None:
+    before = saved.read_bytes()
+    with pytest.raises(ValueError, match=f"{name} must be an int or None, got {value!r}"):
+        ck.save(make_model(), saved, **{name: value})
+    assert saved.read_bytes() == before
+
+
+def test_an_optimizer_outside_the_allow_list_is_not_saved(saved: pathlib.Path) -> None:
+    """A subclass of an allowed optimizer is another optimizer: loading it as its base class
+    would silently change the update rule."""
+
+    class MyAdam(gpunn.Adam):
+        pass
+
+    before = saved.read_bytes()
+    model, opt = make_model(), MyAdam(lr=1e-2)
+    train(model, opt, range(1))
+    with pytest.raises(ValueError, match="cannot save optimizer MyAdam"):
+        ck.save(model, saved, opt)
+    assert saved.read_bytes() == before
 
 
 @pytest.mark.parametrize("extra", [{"x": float("nan")}, {"x": object()}])
@@ -545,6 +828,86 @@ def test_failed_write_removes_the_temp_file_and_keeps_the_old_one(
 
     assert saved.read_bytes() == before
     assert temp_files(saved.parent) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "errno"),
+    [
+        (OSError(28, "No space left on device"), 28),
+        (OSError("no errno"), None),
+        (KeyboardInterrupt(), None),
+    ],
+)
+def test_an_error_while_writing_names_the_users_path_or_passes_through(
+    saved: pathlib.Path, monkeypatch: pytest.MonkeyPatch, error: BaseException, errno: int | None
+) -> None:
+    """An OSError with an errno is raised again naming the user's path (not the temporary
+    file); one without an errno, and anything else (Ctrl-C), passes through unchanged. The
+    temporary file goes either way."""
+
+    def broken(*args: Any) -> None:
+        raise error
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(type(error)) as info:
+        ck.save(make_model(seed=9), saved)
+    monkeypatch.undo()
+    if errno is not None:
+        assert info.value is not error and info.value.errno == errno
+        assert info.value.filename == str(saved)
+    else:
+        assert info.value is error
+    assert temp_files(saved.parent) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX directories can be fsync'ed")
+def test_the_directory_is_fsynced_after_the_rename(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename is only durable once the directory entry is on disk: after os.replace the
+    directory itself is fsync'ed (the file's data was fsync'ed before the rename)."""
+    events: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append("fsync dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: Any, dst: Any) -> None:
+        events.append("replace")
+        real_replace(src, dst)
+
+    sizes: list[int] = []
+    real_fsync_file = fsync
+
+    def fsync_recording_size(fd: int) -> None:
+        sizes.append(os.fstat(fd).st_size)  # what the disk is asked to keep: all of it
+        real_fsync_file(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync_recording_size)
+    monkeypatch.setattr(os, "replace", replace)
+    tiny = gpunn.Sequential([gpunn.Dense(1, 1)], backend="numpy")  # fits in a write buffer
+    path = ck.save(tiny, tmp_path / "m.safetensors")
+    assert path.stat().st_size < io.DEFAULT_BUFFER_SIZE
+    assert events == ["fsync file", "replace", "fsync dir"]
+    assert sizes[0] == path.stat().st_size  # flushed before the fsync, not at close
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+def test_saving_leaves_no_file_descriptor_open_and_the_umask_as_it_was(
+    tmp_path: pathlib.Path,
+) -> None:
+    model = make_model()
+    ck.save(model, tmp_path / "warm-up.safetensors")  # first-call imports open files of their own
+    open_before = len(os.listdir("/proc/self/fd"))
+    mask = os.umask(0o027)
+    try:
+        for i in range(3):
+            ck.save(model, tmp_path / f"m{i}.safetensors")  # new files: the umask is read
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(mask)
+    assert len(os.listdir("/proc/self/fd")) == open_before
 
 
 def test_a_failed_write_names_the_users_path_not_the_temp_file(
@@ -585,6 +948,57 @@ def test_the_data_entry_round_trips_and_is_covered_by_the_checksum(tmp_path: pat
     edited = json.dumps({**DATA, "seed": 6}, sort_keys=True)
     rewrite(path, meta={"data": edited}, resign=False)
     refuse(path, "metadata checksum mismatch")
+
+
+def test_the_same_content_gives_the_same_metadata_whatever_the_key_order(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Metadata JSON is written with sorted keys: the same extra entries in another order give
+    the same metadata strings and checksum (safetensors itself may order the header's entries
+    differently from file to file, so the bytes are not compared)."""
+    model = make_model()
+    a = ck.save(model, tmp_path / "a.st", extra={"b": 1, "a": {"y": 2, "x": 3}})
+    b = ck.save(model, tmp_path / "b.st", extra={"a": {"x": 3, "y": 2}, "b": 1})
+    assert read_checkpoint(a)[1] == read_checkpoint(b)[1]
+    assert read_checkpoint(a)[1]["extra"] == '{"a": {"x": 3, "y": 2}, "b": 1}'
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("val", "0.1", "'val' must be float, got '0.1'"),
+        ("val", True, "'val' must be float, got True"),
+        ("file", 5, "'file' must be str or null"),
+        ("task", ["classification"], "'task' must be str"),
+    ],
+)
+def test_data_entry_values_of_the_wrong_json_type_are_refused(
+    key: str, value: Any, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        ck.check_data({**DATA, key: value})
+
+
+def test_a_data_entry_of_the_wrong_shape_is_named_in_the_message() -> None:
+    """An object with other keys lists the keys it has; anything else is named by its type."""
+    with pytest.raises(ValueError, match=r"got \['code', 'dataset'\]$"):
+        ck.check_data({"dataset": "digits", "code": "import os"})
+    for value, name in (([1, 2], "list"), (5, "int"), ("digits", "str")):
+        with pytest.raises(ValueError, match=f"got {name}$"):
+            ck.check_data(value)
+
+
+def test_data_entry_bounds_fractions_from_0_and_counts_from_1() -> None:
+    """val and test are fractions in [0, 1): 0 (no split) is fine, 1 is not; samples and
+    classes are positive: 1 is fine."""
+    for key in ("val", "test"):
+        assert ck.check_data({**DATA, key: 0.0})[key] == 0.0
+        with pytest.raises(ValueError, match=f"data '{key}' must be a fraction in \\[0, 1\\)"):
+            ck.check_data({**DATA, key: 1.0})
+    for key in ("samples", "classes"):
+        assert ck.check_data({**DATA, key: 1})[key] == 1
+        with pytest.raises(ValueError, match=f"data '{key}' must be a positive integer"):
+            ck.check_data({**DATA, key: 0})
 
 
 def test_a_checkpoint_without_the_data_entry_still_loads(saved: pathlib.Path) -> None:

@@ -270,6 +270,20 @@ def test_resume_continues_training(
     reported_accuracy(out)
 
 
+def test_lr_given_on_resume_replaces_the_saved_learning_rate(
+    trained: tuple[pathlib.Path, str], tmp_path: pathlib.Path
+) -> None:
+    """train -> save -> train --resume --lr 0: the resumed optimizer uses the new lr (0: the
+    weights come out exactly as they went in), and the next checkpoint records it."""
+    checkpoint, _ = trained
+    args = ["--resume", str(checkpoint), "--lr", "0", "--epochs", "1", "--quiet"]
+    ok(run("train", *args, "--save", "same.st", cwd=tmp_path))
+    before, _, _ = gpunn.load_with_optimizer(checkpoint, backend="numpy")
+    after, optimizer, info = gpunn.load_with_optimizer(tmp_path / "same.st", backend="numpy")
+    assert optimizer is not None and optimizer.lr == 0.0 and info["epoch"] == 4
+    np.testing.assert_array_equal(after.flat_params, before.flat_params)
+
+
 # --------------------------------------------------------------------------------------------
 # info
 # --------------------------------------------------------------------------------------------
@@ -323,6 +337,69 @@ def test_usage_errors_exit_2_with_one_line(
     for word in words:
         assert word in line, line
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+def test_a_non_finite_learning_rate_is_a_usage_error(tmp_path: pathlib.Path, value: str) -> None:
+    result = run("train", f"--lr={value}", cwd=tmp_path)
+    line = one_line_error(result, 2)
+    assert "--lr" in line and f"'{value}'" in line and "finite" in line
+
+
+def test_ctrl_c_ends_training_with_status_130_and_one_line(tmp_path: pathlib.Path) -> None:
+    """SIGINT during training: exit status 130 (128 + SIGINT, as shells report it), a line
+    saying what was saved and the line "gpunn: interrupted", no traceback."""
+    env = dict(os.environ, GPUNN_BACKEND="numpy", GPUNN_DATA=str(tmp_path / "cache"))
+    env.update(PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpunn", "train", "--epochs", "100000", "--hidden", "8"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300  # a line per epoch: never wait for ever on a wrong match
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # wait until training is under way
+            if re.match(r"epoch +1/", line):
+                break
+            assert time.monotonic() < deadline, "no 'epoch 1/' line: " + line
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    lines = stderr.splitlines()  # what was saved (here nothing), then the exit line
+    assert lines[-1] == "gpunn: interrupted" and len(lines) == 2, stderr
+    assert lines[0].startswith("gpunn: interrupted ") and "nothing saved" in lines[0]
+
+
+def test_the_error_line_is_one_line_and_names_unexpected_error_types(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Expected errors (bad values, files, runtime failures) print their message; anything else
+    is named by its type, so that a bug does not pass for a message. Line breaks and runs of
+    spaces in a message collapse into one line."""
+    from gpunn import cli
+
+    cases = [
+        (ValueError("bad value:\n  more   detail"), "gpunn: error: bad value: more detail"),
+        (FileNotFoundError("x.npz: no such file"), "gpunn: error: x.npz: no such file"),
+        (RuntimeError(""), "gpunn: error: RuntimeError"),
+        (KeyError("W"), "gpunn: error: KeyError: 'W'"),
+        (TypeError("unsupported operand"), "gpunn: error: TypeError: unsupported operand"),
+    ]
+    for exc, expected in cases:
+
+        def fail(args: object, exc: Exception = exc) -> int:
+            raise exc
+
+        monkeypatch.setitem(cli.COMMANDS, "info", fail)
+        assert cli.main(["info"]) == 1
+        assert capsys.readouterr().err == expected + "\n"
 
 
 def test_a_usage_error_is_reported_before_choosing_the_backend(tmp_path: pathlib.Path) -> None:

@@ -262,6 +262,21 @@ def test_load_csv_errors_name_the_file_and_place(tmp_path, text, pattern):
     assert "bad.csv" in str(info.value)
 
 
+@pytest.mark.parametrize("cell", ["1_000", "1_0.5", "0.000_1", "1e1_0"])
+def test_load_csv_refuses_numbers_with_underscores(tmp_path, cell):
+    """Python's float() reads "1_000" as 1000; in a CSV it is far more likely a typo or a
+    locale's digit grouping, so it is refused like any other text, naming the cell."""
+    assert float(cell) > 0  # what a plain float() would have let through
+    path = tmp_path / "grouped.csv"
+    path.write_text(f"1,2,0\n{cell},4,1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"grouped.csv: line 2, column 1: '{cell}' is not a"):
+        load_file(path)
+    feature_only = tmp_path / "features.csv"
+    feature_only.write_text(f"1,2\n3,{cell}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"line 2, column 2: '{cell}'"):
+        load_features(feature_only, 2)
+
+
 def test_load_csv_binary_file(tmp_path):
     (tmp_path / "bin.csv").write_bytes(b"\xff\xfe\x00\x81garbage")
     with pytest.raises(ValueError, match="bin.csv"):

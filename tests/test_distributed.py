@@ -28,7 +28,7 @@ import pytest
 
 import gpunn
 from gpunn import checkpoint
-from gpunn.training import distributed
+from gpunn.training import Callback, ModelCheckpoint, distributed
 from gpunn.training.distributed import (
     MPICommunicator,
     NCCLCommunicator,
@@ -454,6 +454,7 @@ def test_mpi_can_be_forced_and_unknown_kinds_are_refused() -> None:
         ("auto", 5, 4, "cupy:1"),
         ("cupy", 2, 2, "cupy:0"),
         ("cupy", 3, 8, "cupy:3"),
+        ("auto", 3, 1, "cupy:0"),  # one GPU: every rank on it
         ("cupy:1", 0, 4, "cupy:1"),  # an explicit device is kept
         ("numpy", 1, 4, "numpy"),
         ("auto", 1, 0, "auto"),  # no GPU: "auto" falls back, "cupy" fails with the reason
@@ -466,6 +467,12 @@ def test_each_rank_takes_gpu_local_rank_modulo_device_count(
     assert device_spec_for_rank(spec, local, count) == expected
 
 
+def test_without_mpi4py_the_error_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now fails
+    with pytest.raises(RuntimeError, match=r"needs mpi4py: pip install 'gpunn\[mpi\]'"):
+        get_communicator("numpy", "mpi")
+
+
 def test_a_single_process_is_a_job_of_one_rank(mpi_needed: None) -> None:
     comm = get_communicator("numpy")
     assert isinstance(comm, SingleProcess) and (comm.rank, comm.size) == (0, 1)
@@ -473,6 +480,26 @@ def test_a_single_process_is_a_job_of_one_rank(mpi_needed: None) -> None:
     assert isinstance(forced, MPICommunicator) and forced.size == 1
     buf = np.arange(4.0)
     assert forced.allreduce_sum(buf) is buf and buf.tolist() == [0, 1, 2, 3]
+
+
+def test_the_communicator_interface_and_the_single_process_one() -> None:
+    """Every collective is abstract on the base class; one process's collectives hand the same
+    buffer back untouched. A communicator starts as rank 0 of 1 (local rank 0), says why it
+    was chosen in ``reason`` and names itself with its rank and size."""
+    base = distributed.Communicator()
+    assert (base.rank, base.size, base.local_rank, base.reason) == (0, 1, 0, "")
+    buf = np.arange(3.0)
+    for call in (base.allreduce_sum, base.allreduce_max, base.bcast):
+        with pytest.raises(NotImplementedError):
+            call(buf)
+    with pytest.raises(NotImplementedError):
+        base.barrier()
+    single = SingleProcess()
+    assert repr(single) == "SingleProcess(rank=0, size=1)"
+    assert (single.local_rank, single.reason) == (0, "")
+    for call in (single.allreduce_sum, single.allreduce_max, single.bcast):
+        assert call(buf) is buf
+    assert buf.tolist() == [0.0, 1.0, 2.0] and single.barrier() is None
 
 
 def test_fit_with_a_one_rank_communicator_is_plain_fit() -> None:
@@ -486,6 +513,146 @@ def test_fit_with_a_one_rank_communicator_is_plain_fit() -> None:
         return model.flat_params
 
     np.testing.assert_array_equal(run(SingleProcess()), run(None))
+
+
+class LoggingComm(SingleProcess):
+    """One rank of a job of ``size`` ranks whose collectives do nothing but log themselves."""
+
+    def __init__(self, rank: int, size: int, log: list) -> None:
+        super().__init__()
+        self.rank, self.size, self.log = rank, size, log
+
+    def barrier(self) -> None:
+        self.log.append("barrier")
+
+
+class WritesFiles(ModelCheckpoint):
+    def __init__(self, log: list) -> None:
+        super().__init__("unused-{epoch}.safetensors")
+        self.log = log
+
+    def set_context(self, context: dict[str, Any]) -> None:
+        super().set_context(context)
+        self.log.append("context")
+
+    def on_train_begin(self) -> None:
+        self.log.append("begin")
+
+    def on_epoch_begin(self, epoch: int) -> None:
+        self.log.append(f"epoch {epoch}")
+
+    def on_batch_begin(self, batch: int) -> None:
+        self.log.append(f"batch {batch}")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        self.log.append(f"save {epoch}")
+
+    def on_train_end(self) -> None:
+        self.log.append("end")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_no_rank_goes_on_before_rank_0_has_written_its_checkpoint(rank: int) -> None:
+    """Checkpoint callbacks run on rank 0 only, and every rank then waits at a barrier, so no
+    rank starts the next epoch (or exits) before the file is complete on disk."""
+    log: list = []
+    model = gpunn.Sequential([gpunn.Dense(3, 2)], backend="numpy")
+    comm = LoggingComm(rank, 2, log)
+    dp = distributed.DataParallel(comm, model, 10, 4, {})
+    plain = Callback()
+    wrapped = dp.wrap_callbacks([WritesFiles(log), plain])
+    assert wrapped[1] is plain  # callbacks that write nothing run everywhere, unwrapped
+    context = {"model": model, "optimizer": None, "loss": None, "history": None}
+    wrapped[0].set_context(context | {"steps_per_epoch": 3})
+    wrapped[0].on_train_begin()
+    for epoch in (1, 2):
+        wrapped[0].on_epoch_begin(epoch)
+        wrapped[0].on_batch_begin(0)
+        wrapped[0].on_epoch_end(epoch, {"loss": 1.0})
+    wrapped[0].on_train_end()
+    if rank == 0:
+        epochs = [[f"epoch {e}", "batch 0", f"save {e}", "barrier"] for e in (1, 2)]
+        assert log == ["context", "begin", *epochs[0], *epochs[1], "end", "barrier"]
+        assert wrapped[0].inner.model is model
+    else:
+        assert log == ["barrier", "barrier", "barrier"]
+
+
+class Checksums(LoggingComm):
+    """A rank whose allreduce_max reports the given spread of the ranks' parameter checksums:
+    ``hi`` and ``lo`` are the largest and smallest (sum, L1 norm) over the ranks."""
+
+    def __init__(self, hi: list[float], lo: list[float]) -> None:
+        super().__init__(0, 2, [])
+        self.hi, self.lo = hi, lo
+
+    def allreduce_max(self, buffer: Any) -> Any:
+        buffer[...] = [*self.hi, -self.lo[0], -self.lo[1]]
+        return buffer
+
+
+@pytest.mark.parametrize("l1", [1e6, 0.5])
+def test_drift_is_a_spread_beyond_a_millionth_of_the_l1_norm(l1: float) -> None:
+    """The ranks have drifted apart when their parameter sums differ by more than DRIFT_RTOL
+    times the L1 norm (or than DRIFT_RTOL itself, for norms below 1)."""
+    model = gpunn.Sequential([gpunn.Dense(3, 2)], backend="numpy")
+    dp = distributed.DataParallel(LoggingComm(0, 2, []), model, 10, 4, {})
+    limit = distributed.DRIFT_RTOL * max(l1, 1.0)
+    dp.comm = Checksums([limit, l1], [0.0, l1])
+    dp._check_drift(np.zeros(2))  # exactly at the limit: fine
+    dp.comm = Checksums([np.nextafter(limit, np.inf), l1], [0.0, l1])
+    with pytest.raises(distributed.DriftError, match="drifted apart"):
+        dp._check_drift(np.zeros(2))
+
+
+def test_settings_codes_tell_apart_what_differs() -> None:
+    """What the ranks compare before starting: an integer stands for itself while float64
+    holds it exactly; larger integers, tuples (seeds) and anything else go by a checksum."""
+    code = distributed._code
+    assert code(12) == 12 and code(np.int64(-7)) == -7 and code(True) == 1
+    # the codes travel as float64 (one all-reduce): integers beyond its precision would
+    # collide there, so they go by checksum too
+    assert np.float64(code(2**60)) != np.float64(code(2**60 + 1))
+    assert np.float64(code(2**52 - 1)) != np.float64(code(2**52 - 2))
+    assert code((1, 2)) != code((2, 1)) and code((1, 2)) == code((1, 2))
+    assert isinstance(code((1, 2)), int) and isinstance(code("auto"), int)
+
+
+@pytest.mark.parametrize("on_device", [True, False])
+def test_data_parallel_shards_are_gathered_where_the_data_lives(
+    monkeypatch: pytest.MonkeyPatch, on_device: bool
+) -> None:
+    """Rank 0 of 2, batches of 4 over 10 rows: shards of 2, 2 and 1 rows. Data on the device
+    is gathered there from one move of the rank's 5 positions; data kept on the host (too
+    large for the device) moves shard by shard. Progress counts the global batches."""
+    from gpunn.training import loop
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((10, 3)), rng.integers(0, 2, 10)
+    backend = gpunn.get_backend("numpy")
+    monkeypatch.setattr(backend, "free_memory", lambda: None if on_device else 0)
+    advanced: list[int] = []
+    monkeypatch.setattr(loop.Progress, "advance", lambda self, n: advanced.append(n))
+    moved: list[tuple[int, ...]] = []
+    real = backend.asarray
+
+    def spy(a: Any, dtype: Any = None) -> Any:
+        moved.append(np.shape(a))
+        return real(a, dtype)
+
+    model = gpunn.Sequential([gpunn.Dense(3, 2)], backend=backend)
+    monkeypatch.setattr(backend, "asarray", spy)
+    model.fit(
+        X, y, loss=gpunn.SoftmaxCrossEntropy(), optimizer=gpunn.SGD(0.1), epochs=1,
+        batch_size=4, verbose=0, comm=LoggingComm(0, 2, []),
+    )  # fmt: skip
+    forward = [(2, 3), (2, 3), (1, 3)]  # each shard through the model (no copy on NumPy)
+    if on_device:
+        assert moved == [(10, 3), (10,), (5,), *forward]
+    else:
+        shards = [[(n, 3), (n,), (n, 3)] for n in (2, 2, 1)]
+        assert moved == [m for shard in shards for m in shard]
+    assert advanced == [4, 4, 2]
 
 
 # --------------------------------------------------------------------------------------------
@@ -648,6 +815,152 @@ def test_cuda_aware_mpi_is_switched_on_by_the_environment(
     assert not MPICommunicator(FakeMPIComm([]), xp=FakeXP([])).cuda_aware
 
 
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [("1", True), ("true", True), ("YES", True), (" on ", True), (" 1", True)]
+    + [("", False), ("0", False), ("no", False), ("False", False), ("off", False), ("2", False)],
+)
+def test_cuda_aware_mpi_environment_values(
+    mpi_needed: None, monkeypatch: pytest.MonkeyPatch, value: str, on: bool
+) -> None:
+    """GPUNN_CUDA_AWARE_MPI takes the usual spellings of a yes (1/true/yes/on, any case, spaces
+    around); anything else keeps the safe staged copy. An explicit argument wins."""
+    monkeypatch.setenv(distributed.CUDA_AWARE_ENV, value)
+    assert MPICommunicator(FakeMPIComm([]), xp=FakeXP([])).cuda_aware is on
+    assert MPICommunicator(FakeMPIComm([]), xp=FakeXP([]), cuda_aware=not on).cuda_aware is not on
+
+
+class NodeComm:
+    """What Split_type(COMM_TYPE_SHARED) returns: this process is local rank 1 on its node."""
+
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def Get_rank(self) -> int:
+        return 1
+
+    def Free(self) -> None:
+        self.log.append("Free")
+
+
+class RecordingMPIComm(FakeMPIComm):
+    """FakeMPIComm that also records roots, barriers and the node split."""
+
+    def Split_type(self, *args: Any, **kwargs: Any) -> NodeComm:
+        self.log.append(("Split_type", kwargs.get("key")))
+        return NodeComm(self.log)
+
+    def Bcast(self, buf: Any, root: int = 0) -> None:
+        self.log.append(("Bcast", root))
+
+    def Barrier(self) -> None:
+        self.log.append("Barrier")
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        self.log.append(("bcast", obj, root))
+        return obj
+
+
+def test_mpi_communicator_collectives_on_host_buffers(mpi_needed: None) -> None:
+    """Host buffers go to MPI as they are and come back as the same object; bcast's root is
+    rank 0 unless given; the local rank comes from the node's shared-memory split (which is
+    freed again); barrier is MPI's."""
+    log: list = []
+    comm = MPICommunicator(RecordingMPIComm(log), xp=None, cuda_aware=False)
+    assert (comm.rank, comm.size, comm.local_rank, comm.reason) == (0, 2, 1, "")
+    assert log == [("Split_type", 0), "Free"]
+    buf = np.ones(3)
+    assert comm.allreduce_sum(buf) is buf and buf.tolist() == [2.0, 2.0, 2.0]
+    assert comm.allreduce_max(buf) is buf
+    assert comm.bcast(buf) is buf and comm.bcast(buf, root=1) is buf
+    comm.barrier()
+    assert log[2:] == [
+        ("Allreduce", "ndarray"),
+        ("Allreduce", "ndarray"),
+        ("Bcast", 0),
+        ("Bcast", 1),
+        "Barrier",
+    ]
+
+
+class JobComm(RecordingMPIComm):
+    """``size`` ranks seen from rank ``rank``; every rank reports what this one reports."""
+
+    def __init__(self, log: list, rank: int = 0, size: int = 2) -> None:
+        super().__init__(log)
+        self._rank, self._size = rank, size
+
+    def Get_rank(self) -> int:
+        return self._rank
+
+    def Get_size(self) -> int:
+        return self._size
+
+    def allgather(self, obj: Any) -> list:
+        return [obj] * self._size
+
+
+@pytest.mark.parametrize("backend_name", [None, "numpy"])
+def test_get_communicator_on_cpu_ranks(
+    mpi_needed: None, monkeypatch: pytest.MonkeyPatch, backend_name: str | None
+) -> None:
+    """CPU ranks get MPI (no device array module), with the reason for the choice; the kind
+    may come from GPUNN_COMM (any case, spaces around). Rank 0 of a job not started with
+    ``python -m mpi4py`` warns that an exception could hang the other ranks."""
+    monkeypatch.delitem(sys.modules, "mpi4py.run", raising=False)
+    monkeypatch.setenv(distributed.COMM_ENV, " MPI ")
+    limited: list[Any] = []  # the test process's own BLAS threads are left alone
+    monkeypatch.setattr(distributed, "limit_threads", lambda *args: limited.append(args) or 3)
+    with pytest.warns(RuntimeWarning, match="python -m mpi4py") as record:
+        comm = get_communicator(backend_name, mpi_comm=JobComm([]))
+    assert comm.threads == 3 and len(limited) == 1  # threads are divided in a job of 2
+    assert record[0].filename == __file__  # it points at the caller's line
+    assert isinstance(comm, MPICommunicator) and comm.xp is None
+    assert comm.reason == "MPI was asked for"
+    monkeypatch.delenv(distributed.COMM_ENV)
+    comm = get_communicator(backend_name, mpi_comm=JobComm([], size=1))
+    assert isinstance(comm, SingleProcess) and comm.reason == "one process"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning on the other ranks, nor under mpi4py.run
+        get_communicator(backend_name, "auto", mpi_comm=JobComm([], rank=1))
+        get_communicator(backend_name, "mpi", mpi_comm=JobComm([], size=1))
+        monkeypatch.setitem(sys.modules, "mpi4py.run", types.ModuleType("mpi4py.run"))
+        get_communicator(backend_name, "mpi", mpi_comm=JobComm([]))
+
+
+def test_get_communicator_hands_a_gpu_rank_s_array_module_to_mpi(
+    mpi_needed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rank on a GPU (here a stand-in CuPy) gets an MPI communicator that stages through its
+    device's array module; without a backend none is chosen for it (no probe, no warning)."""
+    xp = FakeXP([])
+    gpu = gpunn.Backend("cupy", 0, xp)
+    monkeypatch.setitem(sys.modules, "mpi4py.run", types.ModuleType("mpi4py.run"))
+    monkeypatch.setattr(distributed, "limit_threads", lambda *args: None)  # not this process's
+    comm = get_communicator(gpu, "mpi", mpi_comm=JobComm([]))
+    assert isinstance(comm, MPICommunicator) and comm.xp is xp
+
+    def no_backend(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("no backend was asked for")
+
+    monkeypatch.setattr(distributed, "get_backend", no_backend)
+    assert get_communicator(None, "mpi", mpi_comm=JobComm([])).xp is None
+
+
+def test_an_unknown_communicator_kind_is_refused_before_mpi_is_needed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_mpi() -> None:
+        raise RuntimeError("distributed training needs mpi4py")
+
+    monkeypatch.setattr(distributed, "_mpi", no_mpi)
+    with pytest.raises(ValueError, match="communicator kind must be one of"):
+        get_communicator("numpy", "gloo")
+    monkeypatch.setenv(distributed.COMM_ENV, "gloo")
+    with pytest.raises(ValueError, match="got 'gloo'"):
+        get_communicator("numpy")
+
+
 def test_non_contiguous_buffers_are_refused(mpi_needed: None) -> None:
     comm = MPICommunicator(FakeMPIComm([]), xp=FakeXP([]))
     with pytest.raises(ValueError, match="C-contiguous"):
@@ -719,6 +1032,37 @@ def test_nccl_sends_host_buffers_through_mpi(mpi_needed: None) -> None:
     comm.allreduce_sum(stats)
     np.testing.assert_array_equal(stats, [2, 2, 2])
     assert len(nccl.calls) == 1  # only the init
+
+
+def test_nccl_communicator_set_up_bcast_and_barrier(mpi_needed: None) -> None:
+    """The unique id travels from rank 0 over MPI; bcast's root is 0 unless given, for device
+    buffers (NCCL) and host buffers (MPI) alike, each handing its buffer back; barrier waits
+    for the queued NCCL work on the stream, then for the other ranks."""
+    log: list = []
+    nccl = FakeNccl()
+    comm = NCCLCommunicator(RecordingMPIComm(log), gpunn.Backend("cupy", 0, FakeXP(log)), nccl=nccl)
+    assert (comm.rank, comm.size, comm.local_rank, comm.reason) == (0, 2, 1, "")
+    assert ("bcast", (1, 2, 3), 0) in log
+    device = FakeDeviceArray(np.zeros(4, dtype=np.float32), log)
+    assert comm.bcast(device) is device and comm.bcast(device, root=1) is device
+    assert nccl.calls[1:] == [("bcast", 0xD0, 4, 7, 0, 1234), ("bcast", 0xD0, 4, 7, 1, 1234)]
+    host = np.ones(2)
+    del log[:]
+    assert comm.bcast(host) is host
+    comm.barrier()
+    assert log == [("Bcast", 0), "sync", "Barrier"]
+
+
+def test_nccl_that_does_not_load_is_refused(mpi_needed: None) -> None:
+    nccl = FakeNccl()
+    nccl.available = False
+    backend = gpunn.Backend("cupy", 0, FakeXP([]))
+    with pytest.raises(RuntimeError, match="NCCL is not available"):
+        NCCLCommunicator(FakeMPIComm([]), backend, nccl=nccl)
+    names = ("NCCL_INT32", "NCCL_INT64", "NCCL_FLOAT32", "NCCL_FLOAT64", "NCCL_SUM", "NCCL_MAX")
+    names += ("NcclCommunicator", "get_unique_id")
+    bare = types.SimpleNamespace(**{name: getattr(nccl, name) for name in names})
+    assert NCCLCommunicator(FakeMPIComm([]), backend, nccl=bare).size == 2  # no flag: loaded
 
 
 def test_nccl_refuses_unsupported_and_non_contiguous_buffers(mpi_needed: None) -> None:

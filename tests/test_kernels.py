@@ -34,6 +34,7 @@ from gpunn import kernels
 from gpunn.kernels import cuda_source
 from gpunn.kernels.activation import ACTIVATIONS
 from gpunn.kernels.softmax_xent import MAX_THREADS, block_size
+from gpunn.kernels.spec import compare
 from gpunn.math import activations, losses
 from gpunn.math.dense import dense_forward
 from gpunn.testing import check_function_gradients
@@ -354,6 +355,58 @@ def test_fused_enabled_reads_the_environment(
     monkeypatch.setenv("GPUNN_FUSED", value)
     kernels.reset()
     assert kernels.fused_enabled() is enabled
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled"),
+    [(" 0", False), ("0 ", False), ("FALSE", False), ("No", False), (" Off ", False)]
+    + [("true", True), ("YES", True), (" 1 ", True), ("2", True)],
+)
+def test_gpunn_fused_ignores_case_and_surrounding_spaces(
+    monkeypatch: pytest.MonkeyPatch, value: str, enabled: bool
+) -> None:
+    monkeypatch.setenv("GPUNN_FUSED", value)
+    kernels.reset()
+    assert kernels.fused_enabled() is enabled
+
+
+def test_a_reference_chosen_under_gpunn_fused_0_is_not_kept_once_fused_is_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """reset() forgets every decision; and a decision taken only because GPUNN_FUSED=0 is
+    re-made (with the self-check) as soon as fused kernels are enabled again, even if the
+    decision itself was not forgotten."""
+    xp = _fake_xp("fakexp")
+    builder, calls = _counting(_good_sgd)
+    kernels.register_fused("sgd_update", "fakexp", builder)
+    monkeypatch.setenv("GPUNN_FUSED", "0")
+    kernels.reset()
+    assert kernels.get("sgd_update", xp) is kernels.reference("sgd_update")
+    assert kernels.outcomes()["sgd_update@fakexp"].status == "reference"
+    kernels.reset()
+    assert kernels.outcomes() == {}
+    kernels.get("sgd_update", xp)
+    monkeypatch.setattr(kernels, "_enabled", True)  # enabled, the "=0" decision still cached
+    assert kernels.get("sgd_update", xp) is _good_sgd
+    assert calls[0] == 1 and kernels.outcomes()["sgd_update@fakexp"].status == "fused"
+
+
+@pytest.mark.parametrize(
+    ("dtype", "within", "beyond"),
+    [("float32", 2e-5, 1e-3), ("float64", 2e-11, 5e-9)],
+)
+def test_the_self_check_tolerance_follows_the_dtype(
+    dtype: str, within: float, beyond: float
+) -> None:
+    """float32 may differ by a few ulps of reordering (rtol 1e-4), float64 only by ~1e-10: a
+    float64 kernel off by 5e-9 (a float32 intermediate, say) fails its self-check, and so does
+    a float32 kernel off by 1e-3."""
+    ref = _rng().uniform(0.5, 2.0, 64).astype(dtype)
+    assert compare([ref * (1 + within)], [ref], np) == pytest.approx(within, rel=0.1)
+    with pytest.raises(AssertionError, match="differs from the reference"):
+        compare([ref * (1 + beyond)], [ref], np)
+    with pytest.raises(AssertionError, match="the reference gives"):
+        compare([ref.astype("float64" if dtype == "float32" else "float32")], [ref], np)
 
 
 def test_self_check_results_are_kept_per_device() -> None:

@@ -7,7 +7,7 @@ import pytest
 
 import gpunn
 from gpunn.math.dense import dense_backward, dense_forward
-from gpunn.math.dropout import dropout_backward, dropout_forward
+from gpunn.math.dropout import dropout_backward, dropout_forward, dropout_mask
 from gpunn.testing import check_function_gradients, check_layer_gradients
 
 W = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])  # (in=2, out=3)
@@ -84,6 +84,37 @@ def test_dense_follows_the_batch_size(backend, dtype):
         np.testing.assert_allclose(grads["0.b"], dz.sum(axis=0), rtol=rtol, atol=rtol)
         assert dx is not None
         np.testing.assert_allclose(backend.to_numpy(dx), dz @ W.T, rtol=rtol, atol=rtol)
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        lambda: [gpunn.Dropout(0.5)],
+        lambda: [gpunn.Dropout(0.0), gpunn.ReLU()],
+        lambda: [gpunn.Dense(3, 2)],
+        lambda: [],
+    ],
+    ids=["dropout", "dropout-relu", "dense", "last"],
+)
+@pytest.mark.parametrize("training", [False, True])
+def test_dense_adds_its_own_bias_unless_an_activation_follows_it(backend, after, training):
+    """Only an activation right after a Dense layer takes over its bias (adding it in its own
+    pass); before a Dropout, another Dense layer or at the end the layer adds b itself."""
+    layers = [gpunn.Dense(2, 3), *after()]
+    model = gpunn.Sequential(layers, backend=backend, dtype="float64")
+    model.params["0.W"][...] = backend.asarray(W)
+    model.params["0.b"][...] = backend.asarray(B)
+    out = backend.to_numpy(model.layers[0].forward(backend.asarray(X), training=training))
+    np.testing.assert_allclose(out, X @ W + B, rtol=1e-15)
+    assert not model.layers[0].defer_bias
+    if len(layers) == 1 or not training:  # inference through Dropout is the identity
+        y = backend.to_numpy(model.forward(backend.asarray(X), training=False))
+        h = X @ W + B
+        if len(layers) > 1 and isinstance(layers[1], gpunn.Dense):
+            h = h @ backend.to_numpy(model.params["1.W"]) + backend.to_numpy(model.params["1.b"])
+        if isinstance(layers[-1], gpunn.ReLU):
+            h = np.maximum(h, 0)
+        np.testing.assert_allclose(y, h, rtol=1e-15)
 
 
 @pytest.mark.parametrize(
@@ -212,6 +243,33 @@ def test_dropout_masks_repeat_with_the_seed_and_change_between_steps(backend):
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.array_equal(a[0], a[1])
     assert not np.array_equal(a[0], c[0])
+
+
+def test_each_dropout_layer_of_a_model_draws_its_own_masks(backend):
+    """Two Dropout layers of one model (and the same layer of models with other seeds) must
+    not drop the same units: each layer's generator is seeded from the model seed and its
+    position, so masks repeat with the seed and differ between layers."""
+    x = np.ones((40, 30))
+    model = gpunn.Sequential(
+        [gpunn.Dropout(0.5), gpunn.Tanh(), gpunn.Dropout(0.5)], backend=backend, seed=3
+    )
+    model.forward(backend.asarray(x))
+    first, second = (backend.to_numpy(model.layers[i].mask) for i in (0, 2))
+    assert not np.array_equal(first != 0, second != 0)
+    agree = np.mean((first != 0) == (second != 0))
+    assert 0.35 < agree < 0.65  # independent masks agree on about half the units
+    again = gpunn.Sequential(
+        [gpunn.Dropout(0.5), gpunn.Tanh(), gpunn.Dropout(0.5)], backend=backend, seed=3
+    )
+    again.forward(backend.asarray(x))
+    np.testing.assert_array_equal(backend.to_numpy(again.layers[2].mask), second)
+
+
+def test_dropout_mask_keeps_exactly_the_draws_below_1_minus_p():
+    """mask = 1[u < 1 - p] / (1 - p): a draw equal to 1 - p is dropped, as documented."""
+    u = np.array([0.0, 0.2499, 0.25, 0.2501, 0.75, 0.999])
+    np.testing.assert_array_equal(dropout_mask(u, 0.75, xp=np), [4, 4, 0, 0, 0, 0])
+    np.testing.assert_array_equal(dropout_mask(u, 0.25, xp=np), [4 / 3] * 4 + [0, 0])
 
 
 def test_dropout_function_gradient_check_with_fixed_mask():

@@ -108,6 +108,17 @@ def test_softmax_ce_label_outside_the_classes_is_a_nan_loss_and_a_softmax_row(ba
     np.testing.assert_allclose(host(backend, loss.backward()), expected, rtol=1e-14, atol=1e-16)
 
 
+def test_softmax_ce_bad_label_with_a_single_class_reads_class_0() -> None:
+    """A bad label reads class 0 (then made NaN), the one class every z has: with C = 1 a
+    read of any other class would be out of bounds. The row's gradient is softmax / N = 1 / N."""
+    from gpunn.math.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
+
+    z, y = np.array([[0.5], [2.0]]), np.array([0, 1])
+    loss, p = softmax_cross_entropy_forward(z, y, xp=np)
+    assert math.isnan(float(loss)) and p.tolist() == [[1.0], [1.0]]
+    assert softmax_cross_entropy_backward(p, y, xp=np).tolist() == [[0.0], [0.5]]
+
+
 @pytest.mark.cuda_on_cpu
 def test_softmax_ce_bad_labels_cost_no_host_read() -> None:
     """The label check is elementwise on the device: nothing is read back (each read would

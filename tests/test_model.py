@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -144,6 +146,41 @@ def test_param_views_share_memory_with_the_flat_buffers(backend):
     assert not np.any(host(backend, model.flat_grads))
 
 
+def test_each_parameter_starts_on_a_64_element_boundary_and_the_padding_stays_zero(backend):
+    """Aligned starts keep every W and b on whole 256-byte (float32) lines for the GEMMs and the
+    fused kernels; the gaps between them stay 0 in both buffers, so whole-buffer sums (the
+    epoch's weight checksum, a data-parallel all-reduce) see only the parameters."""
+    model = small_net(backend)
+    starts = [start for start, _ in model.layout.values()]
+    assert starts == [0, 64, 128, 192, 256, 320]  # each of the six fits in one 64-block
+    assert model.flat_params.size == 384
+    used = np.zeros(model.flat_params.size, dtype=bool)
+    for start, shape in model.layout.values():
+        used[start : start + int(np.prod(shape))] = True
+    model.forward(backend.asarray(np.ones((2, 4))))
+    model.backward(backend.asarray(np.ones((2, 3))))
+    gpunn.SGD(0.1).step(model)
+    assert not np.any(host(backend, model.flat_params)[~used])
+    assert not np.any(host(backend, model.flat_grads)[~used])
+
+
+def test_the_caller_s_gradient_array_is_left_as_it_was(backend):
+    """backward reads dL/dlogits and never writes into it, even when the last layer is one
+    (ReLU) that works in place on the gradient a layer after it hands over."""
+    for last in (gpunn.ReLU, gpunn.Sigmoid, gpunn.Tanh, lambda: gpunn.LeakyReLU(0.1)):
+        model = gpunn.Sequential(
+            [gpunn.Dense(4, 6), gpunn.ReLU(), gpunn.Dense(6, 3), last()],
+            backend=backend,
+            dtype="float64",
+        )
+        rng = np.random.default_rng(0)
+        model.forward(backend.asarray(rng.standard_normal((5, 4))))
+        dy = backend.asarray(rng.standard_normal((5, 3)))
+        before = host(backend, dy)
+        model.backward(dy)
+        np.testing.assert_array_equal(host(backend, dy), before)
+
+
 def test_backward_writes_into_flat_grads(backend):
     model = small_net(backend)
     model.forward(backend.asarray(np.ones((2, 4))))
@@ -200,6 +237,39 @@ def test_last_layer_gets_glorot_and_explicit_init_wins():
         [gpunn.Dense(200, 300, init="glorot"), gpunn.ReLU()], backend="numpy", dtype="float64"
     )
     assert np.abs(glorot.params["0.W"]).max() <= np.sqrt(6 / 500)
+
+
+def test_the_init_hint_comes_from_the_activation_right_after_each_dense_layer():
+    """Dense -> Dense -> ReLU: the ReLU feeds on the second Dense layer only. The first gets
+    Glorot (no activation follows it), exactly as an explicit init="glorot" would give it;
+    layers without parameters (Dropout) are looked past."""
+    rng_layers = [gpunn.Dense(30, 40), gpunn.Dense(40, 20), gpunn.ReLU(), gpunn.Dense(20, 2)]
+    model = gpunn.Sequential(rng_layers, backend="numpy", dtype="float64", seed=4)
+    explicit = gpunn.Sequential(
+        [
+            gpunn.Dense(30, 40, init="glorot"),
+            gpunn.Dense(40, 20, init="he"),
+            gpunn.ReLU(),
+            gpunn.Dense(20, 2, init="glorot"),
+        ],
+        backend="numpy",
+        dtype="float64",
+        seed=4,
+    )
+    np.testing.assert_array_equal(model.flat_params, explicit.flat_params)
+    past_dropout = gpunn.Sequential(
+        [gpunn.Dense(30, 40), gpunn.Dropout(0.2), gpunn.ReLU(), gpunn.Dense(40, 2)],
+        backend="numpy",
+        dtype="float64",
+        seed=4,
+    )
+    he = gpunn.Sequential(
+        [gpunn.Dense(30, 40, init="he"), gpunn.Dense(40, 2, init="glorot")],
+        backend="numpy",
+        dtype="float64",
+        seed=4,
+    )
+    np.testing.assert_array_equal(past_dropout.flat_params, he.flat_params)
 
 
 def test_same_seed_same_weights_other_seed_other_weights(backend):
@@ -338,6 +408,23 @@ def test_to_copies_weights_into_an_independent_model(backend):
     assert not np.any(host(backend, clone.flat_params))
 
 
+def test_to_copies_the_trained_weights_not_the_initial_ones(backend):
+    """A model moved after training carries what training did, biases included (they start
+    at 0, so a copy of the seed's initial weights would have them all 0)."""
+    source = small_net("numpy", "float32")
+    initial = source.flat_params.copy()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((16, 4)), rng.integers(0, 3, 16)
+    loss, opt = gpunn.SoftmaxCrossEntropy(), gpunn.SGD(0.5)
+    for _ in range(3):
+        loss.forward(source.forward(x), y)
+        source.backward(loss.backward())
+        opt.step(source)
+    assert not np.array_equal(source.flat_params, initial) and np.any(source.params["4.b"])
+    clone = source.to(backend)
+    np.testing.assert_array_equal(host(backend, clone.flat_params), source.flat_params)
+
+
 def test_to_keeps_layer_settings(backend):
     layers = [gpunn.Dense(3, 4, init="he"), gpunn.LeakyReLU(0.2), gpunn.Dropout(0.3)]
     clone = gpunn.Sequential(layers + [gpunn.Dense(4, 1)], backend="numpy").to(backend)
@@ -366,6 +453,24 @@ def test_state_dict_round_trip(backend):
     bad = dict(state, **{"2.b": np.zeros(4)})
     with pytest.raises(ValueError, match="shape"):
         other.load_state_dict(bad)
+
+
+def test_load_state_dict_refuses_a_same_size_array_of_another_shape(backend):
+    """A transposed W (6, 4) has the size of W (4, 6) but would scramble every weight. The
+    refusal comes before anything is copied, wherever the bad entry sits."""
+    model = small_net(backend)
+    before = host(backend, model.flat_params)
+    state = {k: v + 1.0 for k, v in model.state_dict().items()}  # other values than the model's
+    for key, shape in (("0.W", (4, 6)), ("4.W", (5, 3))):
+        W = state[key]
+        for bad in (W.T.copy(), W.reshape(-1), W.reshape(W.size // 3, 3)[::-1]):
+            if bad.shape == W.shape:
+                continue
+            with pytest.raises(
+                ValueError, match=rf"parameter {key} has shape .* {re.escape(str(shape))}"
+            ):
+                model.load_state_dict(dict(state, **{key: bad}))
+            np.testing.assert_array_equal(host(backend, model.flat_params), before)
 
 
 # ------------------------------------------------------------------------------------------

@@ -184,6 +184,19 @@ def test_update_functions_on_raw_arrays():
     np.testing.assert_allclose(p, P0 - 0.1 * np.sign(G), rtol=1e-11)
 
 
+def test_update_functions_default_to_plain_sgd_and_l2_adam():
+    """The update rules' defaults are torch's: SGD without momentum (no buffer needed, as the
+    tutorial network calls it) and Adam's coupled L2 decay unless ``decoupled=True``."""
+    p = P0.copy()
+    sgd_update(p, G, None, lr=0.1, xp=np)
+    np.testing.assert_array_equal(p, P0 - 0.1 * G)
+    zero = np.zeros(4)
+    p, m, v = P0.copy(), np.zeros(4), np.zeros(4)
+    kwargs = {"step": 1, "lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-12, "xp": np}
+    adam_update(p, zero, m, v, weight_decay=0.5, **kwargs)
+    np.testing.assert_allclose(p, P0 - 0.01 * np.sign(P0), rtol=1e-11)  # decay in the gradient
+
+
 def test_step_updates_in_place(backend):
     model = make_model(backend)
     flat, view = model.flat_params, model.params["0.W"]

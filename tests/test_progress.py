@@ -13,7 +13,7 @@ import pytest
 from rich.console import Console
 
 import gpunn
-from gpunn.training.progress import Progress, count, format_logs
+from gpunn.training.progress import EpochTable, Progress, count, format_logs
 
 LINE = re.compile(
     r"^epoch +(\d+)/(\d+)  loss +(\d+\.\d{4})  accuracy (\d\.\d{4})"
@@ -255,3 +255,73 @@ def test_format_logs() -> None:
     )
     assert format_logs({"loss": 2.0}) == "loss  2.0000"
     assert format_logs({"loss": 12.0}) == "loss 12.0000"
+
+
+def test_the_bar_advances_by_each_batch_s_samples_and_stays_after_training(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mid-epoch the bar shows the samples done so far (fit advances it by each batch's rows);
+    the bar is transient (the table of epochs is what stays on screen) and the live display
+    is stopped at the end of training."""
+    monkeypatch.setattr(sys, "stdout", FakeTerminal())
+    advanced: list[int] = []
+    original = Progress.advance
+
+    def spy(self: Progress, n: int) -> None:
+        advanced.append(n)
+        original(self, n)
+
+    monkeypatch.setattr(Progress, "advance", spy)
+    fit(verbose=1, epochs=2)  # 64 samples of 4 features, batches of 16
+    assert advanced == [16] * 4 * 2
+    monkeypatch.setattr(Progress, "advance", original)
+
+    progress = Progress(1, 3, steps=2, samples=10)
+    assert progress.bar is not None and progress.bar.live.transient
+    with progress as entered:
+        assert entered is progress and progress.bar.live.is_started
+        progress.start_epoch(1)
+        progress.advance(4)
+        assert progress.bar.tasks[0].completed == 4
+    assert not progress.bar.live.is_started
+
+
+def test_plain_lines_are_flushed_as_each_epoch_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log piped to a file or `tee` shows each epoch when it ends, not when Python's buffer
+    fills."""
+
+    class Log(io.StringIO):
+        flushed: list[str] = []
+
+        def flush(self) -> None:
+            self.flushed.append(self.getvalue())
+
+    log = Log()
+    monkeypatch.setattr(sys, "stdout", log)
+    fit(verbose=1, epochs=2)
+    assert [text.count("\n") for text in log.flushed if text] == [1, 2]
+
+
+def test_a_row_leaves_a_missing_metric_blank_and_adds_a_rate_only_where_the_table_has_one() -> None:
+    """A metric the table has but an epoch's logs lack is a blank cell of its width (the row
+    stays as wide as the header); the rate column is there only when the first epoch's logs
+    had it."""
+    table = EpochTable(3, {"loss": 1.0, "val_loss": 2.0})
+    cells = table.row(2, {"loss": 0.5, "samples_per_second": 10.0})
+    assert cells == table.row(2, {"loss": 0.5}) and "samples/s" not in cells
+    assert cells.endswith(" " * len("val_loss")) and len(cells) == len(table.header())
+
+
+def test_the_epoch_table_is_printed_without_rich_s_number_highlighting() -> None:
+    """On a colour terminal the header is bold and the rows are plain text: rich's automatic
+    highlighting (numbers in colour) is off, so the columns read alike."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, color_system="standard", width=100)
+    logs = {"loss": 0.5, "accuracy": 0.75, "samples_per_second": 1000.0}
+    with Progress(1, 2, steps=1, samples=4, console=console) as progress:
+        progress.start_epoch(1)
+        progress.end_epoch(1, logs)
+    lines = [line for line in out.getvalue().splitlines() if "0.5000" in line]
+    assert len(lines) == 1 and "\x1b[" not in lines[0].replace("\x1b[2K", "")
+    header = next(line for line in out.getvalue().splitlines() if "accuracy" in line)
+    assert "\x1b[1m" in header and "\x1b[3" not in header  # bold, no colour

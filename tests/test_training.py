@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +17,7 @@ from gpunn import backend as backend_module
 from gpunn.errors import NonFiniteLossError
 from gpunn.training import loop as training
 from gpunn.training.callbacks import Callback
+from gpunn.training.distributed import SingleProcess
 
 # --------------------------------------------------------------------------------------------
 # Helpers
@@ -285,6 +288,68 @@ def test_validation_split_of_rows_sorted_by_class_is_refused() -> None:
     assert not np.array_equal(host(model), before)
 
 
+def test_epoch_seconds_come_from_the_clock_around_the_epoch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """epoch_seconds is the clock's advance over the epoch, samples_per_second N divided by
+    it; a clock too coarse to move during an epoch gives an infinite rate, not an error."""
+    ticks = itertools.count(start=100.0, step=0.25)  # each read of the clock: 0.25 s later
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(ticks))
+    history = fit_small(make_model(), epochs=2)
+    assert history["epoch_seconds"] == [0.25, 0.25]
+    assert history["samples_per_second"] == [N / 0.25, N / 0.25]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: 7.0)
+    history = fit_small(make_model(), epochs=1)
+    assert history["epoch_seconds"] == [0.0] and history["samples_per_second"] == [math.inf]
+
+
+# --------------------------------------------------------------------------------------------
+# fit on one rank of a data-parallel run (a stand-in communicator; real MPI jobs are in
+# test_distributed.py)
+# --------------------------------------------------------------------------------------------
+
+
+class LoneRank(SingleProcess):
+    """Rank ``rank`` of a job of ``size`` ranks whose partners add nothing: every collective
+    leaves the buffer as it is. What fit does on this one rank can then be checked alone."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        super().__init__()
+        self.rank, self.size = rank, size
+
+
+def test_only_rank_0_prints_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    for rank, prints in ((0, True), (1, False)):
+        fit_small(make_model(), epochs=1, verbose=1, comm=LoneRank(rank, 2))
+        assert ("epoch 1/1" in capsys.readouterr().out) is prints
+
+
+def test_a_rank_s_shard_gradient_counts_by_its_share_of_the_global_batch() -> None:
+    """Rank 0 of 2 takes rows 0-1 of each 4-row batch; its mean gradient over them is scaled
+    by 2/4 before the all-reduce (to which, here, no other rank adds). With plain SGD that is
+    training on those two rows at half the learning rate, bit for bit."""
+    X, y = make_data(4)
+    ranked, alone = make_model(), make_model()
+    common = {"epochs": 3, "shuffle": False}
+    fit_small(ranked, X, y, batch_size=4, optimizer=gpunn.SGD(0.2), comm=LoneRank(0, 2), **common)
+    fit_small(alone, X[:2], y[:2], batch_size=2, optimizer=gpunn.SGD(0.1), **common)
+    np.testing.assert_array_equal(host(ranked), host(alone))
+
+
+def test_a_rank_with_an_empty_shard_adds_zero_gradients() -> None:
+    """A one-row batch over 2 ranks leaves rank 1 no rows: it must add zeros to the
+    all-reduce, not the gradients left in its buffer before (scaling them by its share, 0,
+    is not enough: a stale NaN stays NaN)."""
+    X, y = make_data(1)
+    for stale in (1.0, np.nan):
+        model = make_model()
+        model.flat_grads[...] = stale
+        before = host(model)
+        optimizer = gpunn.SGD(0.1)
+        fit_small(model, X, y, epochs=2, batch_size=1, optimizer=optimizer, comm=LoneRank(1, 2))
+        np.testing.assert_array_equal(host(model), before)
+
+
 # --------------------------------------------------------------------------------------------
 # evaluate and predict
 # --------------------------------------------------------------------------------------------
@@ -548,6 +613,39 @@ def test_chunked_run_matches_the_all_at_once_run(
         np.testing.assert_array_equal(host(model), host(reference))
         assert history["loss"] == ref_history["loss"]
     assert history["accuracy"] == ref_history["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("free", "batch_size", "chunks"),
+    [
+        (2 * N * (D * 8 + 8), 8, [N]),  # half the free memory: it fits, moved once
+        (2 * N * (D * 8 + 8) - 1, 8, [48, 2]),  # a byte less: 49 rows fit, 6 whole batches
+        (2 * 37 * (D * 8 + 8), 8, [32, 18]),  # 37 rows fit: chunks of 4 whole batches
+        (2 * 16 * (D * 8 + 8), 5, [15, 15, 15, 5]),
+        (2 * 3 * (D * 8 + 8), 8, [8] * 6 + [2]),  # less than a batch fits: a batch at a time
+        (0, 1, [1] * N),  # nothing fits: one row at a time
+    ],
+    ids=["fits", "just-too-big", "37-rows", "16-rows-batch-5", "3-rows", "nothing"],
+)
+def test_data_fits_under_half_the_free_memory_else_moves_in_chunks_of_whole_batches(
+    monkeypatch: pytest.MonkeyPatch, free: int, batch_size: int, chunks: list[int]
+) -> None:
+    """A row of X costs D * itemsize + 8 bytes (its int64 label). The data set goes to the
+    device whole when it takes at most half the free memory; otherwise each chunk holds as
+    many whole batches as fit in that half (at least one batch)."""
+    backend = gpunn.get_backend("numpy")
+    monkeypatch.setattr(backend, "free_memory", lambda: free)
+    X, y = make_data()
+    moved = count_calls(monkeypatch, backend, "asarray")
+    data = training.DeviceData(backend, X, y, np.dtype("float64"), np.int64)
+    order = np.random.default_rng(0).permutation(N)
+    batches = list(data.batches(order, batch_size))
+    assert [a.shape[0] for a in moved if a.ndim == 2] == chunks  # the transfers of X
+    assert [len(xb) for xb, _ in batches] == [
+        len(range(N)[i : i + batch_size]) for i in range(0, N, batch_size)
+    ]
+    np.testing.assert_array_equal(np.concatenate([xb for xb, _ in batches]), X[order])
+    np.testing.assert_array_equal(np.concatenate([yb for _, yb in batches]), y[order])
 
 
 # --------------------------------------------------------------------------------------------
@@ -827,3 +925,28 @@ def test_fit_with_dropout_learns() -> None:
     assert all(math.isfinite(v) for v in history["loss"])
     assert after["loss"] < 0.5 * before["loss"]
     assert after["accuracy"] > 0.85
+
+
+def test_fit_defaults_are_10_epochs_of_batches_of_64_with_progress_lines(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """fit's documented defaults: 10 epochs, batches of 64 rows (130 rows: 64, 64, 2), and one
+    progress line per epoch (verbose=1; stdout is not a terminal here)."""
+    batches: list[int] = []
+
+    class Count(Callback):
+        def on_batch_begin(self, batch: int) -> None:
+            batches.append(batch)
+
+    X, y = make_data(130)
+    training.fit(
+        make_model(),
+        X,
+        y,
+        loss=gpunn.SoftmaxCrossEntropy(),
+        optimizer=gpunn.SGD(0.1),
+        callbacks=[Count()],
+    )
+    assert batches == [0, 1, 2] * 10
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10 and all(re.match(rf"epoch +{e}/10 ", x) for e, x in enumerate(lines, 1))

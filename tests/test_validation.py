@@ -300,3 +300,127 @@ def test_check_functions_return_clean_arrays() -> None:
     assert y.shape == (2,) and y.dtype == np.int64
     assert check_batch_size(None) is None
     assert check_batch_size(7) == 7
+
+
+def test_the_largest_float32_number_itself_is_accepted_for_a_float32_model() -> None:
+    """Values up to the largest finite float32 convert without becoming inf; only larger
+    ones are refused. Data already in the model's dtype (or narrower) needs no range check,
+    and without a dtype no limit applies (and nothing warns)."""
+    biggest = float(np.finfo(np.float32).max)
+    X = np.full((2, 2), biggest, dtype=np.float64)
+    assert check_x(X, 2, dtype="float32").dtype == np.float64
+    with pytest.raises(ValueError, match="beyond"):
+        check_x(np.nextafter(X, np.inf), 2, dtype="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_x(np.full((2, 2), 1e300), 2) is not None
+        assert check_x(np.full((2, 2), 1e300), 2, dtype="float64") is not None
+
+
+def test_regression_targets_of_several_outputs_and_targets_without_a_loss() -> None:
+    y = np.arange(N * K, dtype=np.float64).reshape(N, K)
+    np.testing.assert_array_equal(check_y(y, N, gpunn.MeanSquaredError(), K), y)
+    with pytest.raises(ValueError, match=rf"\({N}, {K}\)"):
+        check_y(y[:, :1], N, gpunn.MeanSquaredError(), K)
+    labels = np.arange(N) % K  # no loss given: only the generic checks apply
+    np.testing.assert_array_equal(check_y(labels, N, None, K), labels)
+
+
+def test_ragged_targets_are_not_a_numeric_array() -> None:
+    with pytest.raises(ValueError, match="y must be a numeric array"):
+        check_y([[0, 1], [2]], 2, gpunn.SoftmaxCrossEntropy(), 3)
+
+
+def test_binary_labels_may_come_as_a_column() -> None:
+    column = (np.arange(N) % 2).reshape(N, 1)
+    y = check_y(column, N, gpunn.BinaryCrossEntropy(), 1)
+    assert y.shape == (N,)
+    np.testing.assert_array_equal(y, column[:, 0])
+    with pytest.raises(ValueError, match=r"shape \(N,\), found shape \(10, 2\)"):
+        check_y(np.zeros((N, 2)), N, gpunn.BinaryCrossEntropy(), 1)
+
+
+def test_a_batch_size_of_1_is_allowed() -> None:
+    assert check_batch_size(1) == 1
+    call, _ = fit_with(classifier(), batch_size=1)
+    assert len(call().epoch) == 2
+
+
+def test_wrong_binary_labels_are_listed_up_to_five_from_the_first_thousand() -> None:
+    """The message names a few wrong values (five at most, sorted) found among the first
+    thousand wrong labels, so that a huge array costs no more than a small one to report."""
+    many = np.array([9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0])
+    with pytest.raises(ValueError, match=r"7 other value\(s\) such as 3, 4, 5, 6, 7$"):
+        check_y(many, 7, gpunn.BinaryCrossEntropy(), 1)
+    late = np.concatenate([np.full(1000, 5.0), [2.0]])
+    with pytest.raises(ValueError, match=r"1001 other value\(s\) such as 5$"):
+        check_y(late, 1001, gpunn.BinaryCrossEntropy(), 1)
+
+
+def test_check_x_without_a_shape_wants_2d_by_default() -> None:
+    """With no sample shape known yet, X must be (N, features) unless another rank is given."""
+    assert check_x(np.zeros((3, 4)), None).shape == (3, 4)
+    with pytest.raises(ValueError, match="2-D"):
+        check_x(np.zeros((3, 4, 5)), None)
+    assert check_x(np.zeros((3, 4, 5)), None, rank=2).shape == (3, 4, 5)
+
+
+def test_check_x_names_a_sample_shape_that_differs_from_the_model_s() -> None:
+    with pytest.raises(
+        ValueError, match=r"X has samples of shape \(1, 4, 4\), the model expects \(1, 5, 5\)"
+    ):
+        check_x(np.zeros((3, 1, 4, 4)), (1, 5, 5))
+    assert check_x(np.zeros((3, 1, 5, 5)), (1, 5, 5)).shape == (3, 1, 5, 5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "X", "rank", "message"),
+    [
+        (
+            None,
+            np.zeros(3),
+            None,
+            r"^X must have a sample axis and at least one more, found shape \(3,\)$",
+        ),
+        (
+            (4,),
+            np.zeros((3, 2, 2)),
+            1,
+            r"^X must be 2-D \(samples, features\), found shape \(3, 2, 2\)$",
+        ),
+        (
+            (1, 2, 2),
+            np.zeros((3, 4)),
+            3,
+            r"^X must be 4-D \(samples, channels, height, width\), found shape \(3, 4\): "
+            r"reshape it with X\.reshape\(-1, 1, 2, 2\)$",
+        ),
+        (
+            (1, 2, 2),
+            np.zeros((3, 5)),
+            3,
+            r"^X must be 4-D \(samples, channels, height, width\), found shape \(3, 5\)$",
+        ),
+        (
+            (2, 2),
+            np.zeros((3, 2, 2, 1)),
+            2,
+            r"^X must be 3-D \(samples, 2 axes\), found shape \(3, 2, 2, 1\)$",
+        ),
+        (
+            None,
+            np.zeros((3, 4)),
+            3,
+            r"^X must be 4-D \(samples, channels, height, width\), found shape \(3, 4\)$",
+        ),
+    ],
+)
+def test_check_x_says_which_axes_a_sample_needs(
+    shape: tuple[int, ...] | None, X: np.ndarray, rank: int | None, message: str
+) -> None:
+    """The message names the axes wanted, and offers the reshape when a flat X holds exactly
+    the model's sample size."""
+    with pytest.raises(ValueError, match=message):
+        check_x(X, shape, rank=rank)
+    if rank is None:
+        assert check_x(np.zeros((3, 1)), None, rank=None).shape == (3, 1)  # 2-D is enough
