@@ -71,7 +71,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "gpunn/math/activations.py": ("tests/test_activations.py",),
     "gpunn/math/dense.py": ("tests/test_layers.py",),
     "gpunn/math/dropout.py": ("tests/test_layers.py",),
-    "gpunn/math/losses.py": ("tests/test_losses.py",),
+    "gpunn/math/losses.py": ("tests/test_losses.py", "tests/test_losses_weighted.py"),
     "gpunn/math/optim.py": ("tests/test_optim.py",),
     "gpunn/math/network.py": ("tests/test_math_network.py",),
     "gpunn/math/conv.py": ("tests/test_math_conv.py",),
