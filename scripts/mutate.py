@@ -85,6 +85,7 @@ TARGETS: dict[str, tuple[str, ...]] = {
         "tests/test_validation.py",
         "tests/test_callbacks.py",
         "tests/test_progress.py",
+        "tests/test_conv_layers.py",  # input shapes learnt and checked, feature-map outputs
     ),
     "gpunn/training/callbacks.py": ("tests/test_callbacks.py",),
     "gpunn/training/validation.py": ("tests/test_validation.py",),

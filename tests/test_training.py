@@ -950,3 +950,132 @@ def test_fit_defaults_are_10_epochs_of_batches_of_64_with_progress_lines(
     assert batches == [0, 1, 2] * 10
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 10 and all(re.match(rf"epoch +{e}/10 ", x) for e, x in enumerate(lines, 1))
+
+
+# --------------------------------------------------------------------------------------------
+# What the mutation run found unpinned in fit (scripts/mutate.py, gpunn/training/loop.py)
+# --------------------------------------------------------------------------------------------
+
+
+def test_bad_validation_data_message_names_its_type_and_length() -> None:
+    X, y = make_data()
+    with pytest.raises(ValueError, match=r"a pair \(X_val, y_val\), found tuple of length 1$"):
+        fit_small(make_model(), X, y, validation_data=(X,))
+    with pytest.raises(ValueError, match=r"a pair \(X_val, y_val\), found ndarray$"):
+        fit_small(make_model(), X, y, validation_data=X)
+
+
+def test_callbacks_see_the_whole_number_of_steps_per_epoch() -> None:
+    seen: list[Any] = []
+
+    class Steps(Callback):
+        def on_train_begin(self) -> None:
+            seen.append(self.steps_per_epoch)
+
+    fit_small(make_model(), batch_size=8, epochs=1, callbacks=[Steps()])  # 50 rows: 6 x 8 + 2
+    assert seen == [7] and isinstance(seen[0], int)
+
+
+def test_weights_broken_by_the_last_step_of_an_epoch_stop_training() -> None:
+    """The loss of a step is computed before its update, so a last step that breaks the weights
+    shows only in the epoch's weight checksum: it must stop training there."""
+
+    class BreakLastStep(gpunn.SGD):
+        calls = 0
+
+        def step(self, model: gpunn.Sequential) -> None:
+            super().step(model)
+            BreakLastStep.calls += 1
+            if BreakLastStep.calls == 7:  # the 7th and last step of epoch 1 (50 rows, batch 8)
+                model.flat_params[0] = np.inf
+
+    with pytest.raises(NonFiniteLossError) as info:
+        fit_small(make_model(), optimizer=BreakLastStep(0.1), batch_size=8, epochs=2)
+    assert info.value.epoch == 1 and info.value.batch == 7
+    assert "weights became non-finite in epoch 1" in str(info.value)
+
+
+def test_non_finite_loss_reports_the_first_bad_batchs_own_value() -> None:
+    """Only batch 4 of epoch 1 is computed with NaN weights (they are put back before batch 5):
+    the error names that batch and its loss, not a later one."""
+    X, y = make_data()
+    saved: dict[str, np.ndarray] = {}
+
+    class OneBadBatch(Callback):
+        def on_batch_begin(self, batch: int) -> None:
+            if batch == 3:
+                saved["params"] = self.model.flat_params.copy()
+                self.model.flat_params[...] = np.nan
+            elif batch == 4:
+                self.model.flat_params[...] = saved["params"]
+
+    with pytest.raises(NonFiniteLossError) as info:
+        fit_small(make_model(), X, y, optimizer=gpunn.SGD(0.1), callbacks=[OneBadBatch()])
+    assert (info.value.epoch, info.value.batch) == (1, 4)
+    assert math.isnan(info.value.value)
+
+
+def test_validation_split_bounds_of_one_row() -> None:
+    X, y = make_data()
+    model = make_model()
+    history = fit_small(model, X, y, validation_split=1 / N, epochs=1)  # 1 validation row
+    assert "val_loss" in history
+    regression = gpunn.Sequential([gpunn.Dense(D, 1)], backend="numpy", dtype="float64")
+    targets = X[:, :1].copy()  # no classes: nothing for the split to refuse but its size
+    fit_small(regression, X, targets, loss=gpunn.MeanSquaredError(), validation_split=(N - 1) / N)
+    with pytest.raises(ValueError, match="of 1 sample leaves no training sample"):
+        fit_small(model, X[:1], y[:1], validation_split=0.9)
+
+
+def test_validation_split_sees_a_class_only_in_the_first_held_out_row() -> None:
+    X, y = make_data()
+    labels = np.arange(N) % 2
+    labels[N - 10] = 2  # the first held-out row (of 10) is the only row of class 2
+    with pytest.raises(ValueError, match="holds class\\(es\\) 2 that the training rows lack"):
+        fit_small(make_model(), X, labels, validation_split=0.2)
+    labels = np.arange(N) % 2
+    labels[N - 11] = 2  # the last training row: no held-out class is missing from training
+    labels[N - 1] = 2
+    fit_small(make_model(), X, labels, validation_split=0.2, epochs=1)
+
+
+def test_validation_split_lists_at_most_five_missing_classes() -> None:
+    X, _ = make_data()
+    labels = np.arange(N) % 2
+    labels[N - 7 :] = np.arange(2, 9)  # seven classes only in the held-out rows (10 of them)
+    model = gpunn.Sequential([gpunn.Dense(D, 9)], backend="numpy", dtype="float64")
+    with pytest.raises(ValueError, match="holds class\\(es\\) 2, 3, 4, 5, 6 that"):
+        fit_small(model, X, labels, validation_split=0.2)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [[0] + [1] * (N - 1), [0] * (N - 1) + [1]],
+    ids=["one-first", "one-last"],
+)
+def test_validation_split_finds_sorted_rows_with_a_single_odd_end(labels: list[int]) -> None:
+    X, _ = make_data()
+    model = gpunn.Sequential([gpunn.Dense(D, 2)], backend="numpy", dtype="float64")
+    with pytest.raises(ValueError, match="the rows are sorted by class"):
+        fit_small(model, X, np.array(labels), validation_split=0.2)
+
+
+def test_evaluate_refuses_a_model_that_ends_in_feature_maps() -> None:
+    rng = np.random.default_rng(1)
+    X, y = rng.random((6, 1, 6, 6)), rng.integers(0, 2, 6)
+    model = gpunn.Sequential([gpunn.Conv2D(1, 2, 3), gpunn.ReLU()], backend="numpy")
+    with pytest.raises(ValueError, match=r"output for one sample has shape \(2, 4, 4\)"):
+        model.evaluate(X, y, loss=gpunn.SoftmaxCrossEntropy())
+
+
+@pytest.mark.parametrize(
+    ("loss", "dtype"),
+    [(gpunn.BinaryCrossEntropy(), np.float32), (gpunn.SoftmaxCrossEntropy(), np.int64)],
+)
+def test_labels_go_to_the_device_in_the_losss_dtype(loss: Any, dtype: Any) -> None:
+    """Float64 targets of a float32 model are stored as float32 (half the memory, no float64
+    arithmetic in the loss); class ids as int64."""
+    model = gpunn.Sequential([gpunn.Dense(D, 1)], backend="numpy", dtype="float32")
+    X, y = make_data(10)
+    _, labels = training._on_device(model, loss, X.astype(np.float32), (y % 2).astype(np.float64))
+    assert labels.dtype == dtype
